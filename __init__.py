@@ -1,0 +1,28 @@
+"""Hearth: model weights kept warm in shared memory for ComfyUI.
+
+As a library: `comfyui_hearth.load_state_dict(path)`. Inside ComfyUI (which imports this folder from
+custom_nodes/) it also registers the nodes and the web panel. Outside ComfyUI nothing of ComfyUI, torch
+or the daemon's server is imported until it is used.
+"""
+
+import sys
+
+from .version import __version__
+
+__all__ = ["__version__", "load_state_dict"]
+
+
+def __getattr__(name):
+    # Lazy so that `hearth status` and the daemon never pay for importing torch.
+    if name == "load_state_dict":
+        from .client import load_state_dict
+
+        return load_state_dict
+    raise AttributeError(name)
+
+
+if "folder_paths" in sys.modules and "comfy" in sys.modules:
+    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: F401
+
+    WEB_DIRECTORY = "./web"
+    __all__ += ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]

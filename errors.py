@@ -1,0 +1,67 @@
+"""Typed errors with stable codes, shared by the daemon, the client and the CLI."""
+
+from __future__ import annotations
+
+
+class HearthError(Exception):
+    """Base error: `code` is a stable string that the API, the CLI and the client all use."""
+
+    code = "internal"
+    http_status = 500
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def to_dict(self) -> dict:
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+class BadHeader(HearthError):
+    code, http_status = "bad_header", 422
+
+
+class NotAllowed(HearthError):
+    code, http_status = "not_allowed", 403
+
+
+class OverBudget(HearthError):
+    code, http_status = "over_budget", 507
+
+
+class ShmFull(HearthError):
+    code, http_status = "shm_full", 507
+
+
+class SourceChanged(HearthError):
+    code, http_status = "source_changed", 409
+
+
+class NotFound(HearthError):
+    code, http_status = "not_found", 404
+
+
+class Unauthorized(HearthError):
+    code, http_status = "unauthorized", 401
+
+
+class BadRequest(HearthError):
+    code, http_status = "bad_request", 400
+
+
+class DaemonUnavailable(HearthError):
+    """The client could not reach a daemon that speaks its protocol."""
+
+    code, http_status = "daemon_unavailable", 503
+
+
+_BY_CODE = {cls.code: cls for cls in (BadHeader, NotAllowed, OverBudget, ShmFull, SourceChanged,
+                                       NotFound, Unauthorized, BadRequest, DaemonUnavailable)}
+
+
+def from_code(code: str, message: str) -> HearthError:
+    """Rebuild the typed error a daemon answered with (unknown codes become HearthError)."""
+    err = _BY_CODE.get(code, HearthError)(message)
+    if type(err) is HearthError:
+        err.code = code
+    return err

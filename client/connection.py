@@ -1,0 +1,78 @@
+"""Finding the user's daemon and talking to it: stdlib HTTP only, so a client process stays light."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+from typing import Any
+
+from ..errors import DaemonUnavailable, HearthError, from_code
+from ..state import daemon_info_path, read_json, read_token
+from ..version import PROTOCOL
+
+
+class Connection:
+    """One daemon, as announced in daemon.json; requests carry the user's token."""
+
+    def __init__(self, info: dict, token: str, timeout: float | None):
+        self.port = int(info["port"])
+        self.pid = int(info["pid"])
+        self.started = info.get("started")
+        self.token = token
+        self.timeout = timeout
+
+    def request(self, method: str, path: str, body: dict | None = None,
+                timeout: float | None = -1.0) -> Any:
+        """Send one request; raises the daemon's typed error, or DaemonUnavailable when it is gone."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port,
+                                          timeout=self.timeout if timeout == -1.0 else timeout)
+        try:
+            data = json.dumps(body).encode() if body is not None else None
+            headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
+            conn.request(method, path, body=data, headers=headers)
+            resp = conn.getresponse()
+            payload = resp.read()
+        except (OSError, http.client.HTTPException) as e:
+            raise DaemonUnavailable(f"the daemon on port {self.port} did not answer ({e})") from None
+        finally:
+            conn.close()
+        try:
+            doc = json.loads(payload) if payload else {}
+        except ValueError:
+            raise DaemonUnavailable(f"the daemon answered {resp.status} with a body that is not JSON") from None
+        if resp.status >= 400:
+            err = doc.get("error", {}) if isinstance(doc, dict) else {}
+            raise from_code(err.get("code", "internal"), err.get("message", f"HTTP {resp.status}"))
+        return doc
+
+    def get(self, path: str, **kw: Any) -> Any:
+        return self.request("GET", path, **kw)
+
+    def post(self, path: str, body: dict, **kw: Any) -> Any:
+        return self.request("POST", path, body, **kw)
+
+
+def connect(timeout: float | None = 10.0, check: bool = True) -> Connection:
+    """The running daemon of this user, checked alive and speaking our protocol."""
+    info = read_json(daemon_info_path())
+    if not isinstance(info, dict) or "port" not in info or "pid" not in info:
+        raise DaemonUnavailable("the Hearth daemon is not running (start it with `hearth daemon`)")
+    try:
+        os.kill(int(info["pid"]), 0)
+    except ProcessLookupError:
+        raise DaemonUnavailable(f"the Hearth daemon (pid {info['pid']}) is gone; start it with "
+                                f"`hearth daemon`") from None
+    except PermissionError:
+        pass  # alive, owned by someone else: the token check below decides
+    try:
+        token = read_token()
+    except HearthError as e:
+        raise DaemonUnavailable(e.message) from None
+    conn = Connection(info, token, timeout)
+    if check:
+        health = conn.get("/v1/health", timeout=2.0)
+        if health.get("protocol") != PROTOCOL:
+            raise DaemonUnavailable(f"the daemon speaks protocol {health.get('protocol')}, this client "
+                                    f"{PROTOCOL}: restart the daemon after upgrading")
+    return conn

@@ -1,0 +1,122 @@
+"""load_state_dict: the daemon's segment when possible, a plain load otherwise; never a wrong tensor.
+
+Degrade, don't fail: when the daemon is down, old, refuses the file, is over budget or /dev/shm is full,
+the file is loaded the stock way and one log line per reason per process says why.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import DaemonUnavailable, HearthError
+from .connection import Connection, connect
+from .mapping import map_segment
+
+log = logging.getLogger("hearth.client")
+
+PICKLE_EXTS = (".ckpt", ".pt", ".pth", ".bin")
+_said: set[str] = set()
+_roots: set[str] = set()
+_roots_sent_to: object = None
+
+
+@dataclass
+class Loaded:
+    """What a load returned and how: `cached` False means the stock fallback ran, for `reason`."""
+
+    path: str
+    tensors: dict[str, torch.Tensor]
+    cached: bool
+    hit: bool
+    seconds: float
+    reason: str | None = None
+    key: str | None = None
+
+
+def _say_once(code: str, message: str) -> None:
+    if code not in _said:
+        _said.add(code)
+        log.warning("Hearth: loading without the cache: %s", message)
+
+
+def _connect() -> Connection:
+    global _roots_sent_to
+    conn = connect()
+    if _roots and _roots_sent_to != (conn.pid, conn.started):
+        conn.post("/v1/roots", {"roots": sorted(_roots)})  # a restarted daemon forgets them
+        _roots_sent_to = (conn.pid, conn.started)
+    return conn
+
+
+def _from_daemon(path: str) -> tuple[dict[str, torch.Tensor], dict]:
+    conn = _connect()
+    for attempt in (0, 1):
+        answer = conn.post("/v1/acquire", {"path": path, "pid": os.getpid()}, timeout=None)
+        try:
+            return map_segment(answer["segment"], answer["size"], path), answer
+        except FileNotFoundError:
+            if attempt:  # evicted between the answer and our open, twice: give up on the cache
+                raise DaemonUnavailable(f"segment of {path} vanished before it could be mapped") from None
+    raise AssertionError("unreachable")
+
+
+def _plain(path: str) -> dict[str, torch.Tensor]:
+    if path.lower().endswith(PICKLE_EXTS):
+        # Never unpickle arbitrary objects: weights_only restricts to tensors and plain containers.
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+        return sd.get("state_dict", sd) if isinstance(sd, dict) else sd
+    import safetensors.torch
+
+    return safetensors.torch.load_file(path)
+
+
+def load(path: str) -> Loaded:
+    """Load a checkpoint's tensors, from the daemon's segment when possible (CPU, copy-on-write views)."""
+    t0 = time.perf_counter()
+    path = os.fspath(path)
+    if os.environ.get("HEARTH_DISABLE"):
+        reason, code = "HEARTH_DISABLE is set", "disabled"
+    elif path.lower().endswith(PICKLE_EXTS):
+        reason, code = f"{os.path.splitext(path)[1]} files are pickles and are not cached", "pickle"
+    else:
+        try:
+            tensors, answer = _from_daemon(path)
+            return Loaded(path, tensors, True, bool(answer.get("hit")), time.perf_counter() - t0,
+                          key=answer.get("key"))
+        except HearthError as e:
+            reason, code = e.message, e.code
+        except (OSError, TypeError, KeyError, ValueError) as e:
+            reason, code = f"{type(e).__name__}: {e}", type(e).__name__
+        _say_once(code, reason)
+    tensors = _plain(path)
+    return Loaded(path, tensors, False, False, time.perf_counter() - t0, reason=reason)
+
+
+def load_state_dict(path: str, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Return the file's tensors; never fails where a plain safetensors or weights-only load succeeds."""
+    sd = load(path).tensors
+    if torch.device(device).type != "cpu":
+        sd = {k: v.to(device) for k, v in sd.items()}
+    return sd
+
+
+def register_roots(roots: list[str]) -> None:
+    """Allow these model folders for this process's loads (sent to the daemon, again after its restarts)."""
+    global _roots_sent_to
+    new = {os.path.realpath(r) for r in roots} - _roots
+    if new:
+        _roots.update(new)
+        _roots_sent_to = None
+
+
+def report_strategy(plan: dict) -> None:
+    """Send the VRAM plan of this run to the daemon for the panel and `hearth status` (no-op when down)."""
+    try:
+        connect(timeout=2.0).post("/v1/strategy", plan)
+    except HearthError as e:
+        log.debug("strategy not reported: %s", e.message)

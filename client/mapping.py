@@ -1,0 +1,69 @@
+"""Mapping a segment copy-on-write and handing out tensor views of it.
+
+The mapping is MAP_PRIVATE (mmap.ACCESS_COPY): reads share the segment's pages with every other process,
+and a write (ComfyUI patching weights in place) lands in a private page of this process only. While any
+tensor lives, the mapping lives; while the mapping lives, its fd stays open with a shared flock, which is
+how the daemon knows the segment is held. A finalizer on the mapping closes the fd.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import mmap
+import os
+import weakref
+
+import torch
+
+from ..daemon.header import Header, read_header
+from ..errors import SourceChanged
+
+DTYPES = {
+    "BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "I32": torch.int32,
+    "I64": torch.int64, "F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32,
+    "F64": torch.float64, "C64": torch.complex64,
+    "U16": getattr(torch, "uint16", None), "U32": getattr(torch, "uint32", None),
+    "U64": getattr(torch, "uint64", None),
+    "F8_E4M3": getattr(torch, "float8_e4m3fn", None), "F8_E5M2": getattr(torch, "float8_e5m2", None),
+    "F8_E8M0": getattr(torch, "float8_e8m0fnu", None),
+}
+
+
+class _Mapping(mmap.mmap):
+    """An mmap that can carry a finalizer (plain mmap objects take weak references too, but not attributes)."""
+
+
+def map_segment(path: str, expected_size: int, name: str) -> dict[str, torch.Tensor]:
+    """Map the segment at `path` privately and return a view per tensor, in file order."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        size = os.fstat(fd).st_size
+        if size != expected_size:
+            raise SourceChanged(f"segment for {name} is {size} bytes, expected {expected_size}")
+        header = read_header(fd, name)
+        unsupported = {e.dtype for e in header.tensors if DTYPES.get(e.dtype) is None}
+        if unsupported:
+            raise TypeError(f"this torch cannot hold dtypes {sorted(unsupported)} of {name}")
+        mm = _Mapping(fd, size, access=mmap.ACCESS_COPY) if size else None
+    except BaseException:
+        os.close(fd)
+        raise
+    if mm is None:
+        os.close(fd)
+        return {}
+    weakref.finalize(mm, os.close, fd)
+    return _views(mm, header)
+
+
+def _views(mm: mmap.mmap, header: Header) -> dict[str, torch.Tensor]:
+    out = {}
+    base = header.data_start
+    for e in header.tensors:
+        dtype = DTYPES[e.dtype]
+        if e.end == e.begin:
+            out[e.name] = torch.empty(e.shape, dtype=dtype)
+            continue
+        count = (e.end - e.begin) // dtype.itemsize
+        out[e.name] = torch.frombuffer(mm, dtype=dtype, count=count, offset=base + e.begin).view(e.shape)
+    return out

@@ -1,0 +1,179 @@
+"""The daemon's HTTP face: /v1 JSON routes and the events websocket over the one Service.
+
+Loopback only; every request but /v1/health and the panel's static files carries the per-user token;
+requests for another Host are refused (DNS rebinding); bodies over 1 MB are refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import os
+from pathlib import Path
+
+from aiohttp import web
+
+from ..errors import BadRequest, HearthError, Unauthorized
+from ..version import PROTOCOL, __version__
+from .service import Service
+
+log = logging.getLogger("hearth.http")
+
+MAX_BODY = 1 << 20
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+PUBLIC = {"/v1/health", "/", "/favicon.ico"}
+
+SERVICE = web.AppKey("service", Service)
+TOKEN = web.AppKey("token", str)
+
+
+def _error(err: HearthError) -> web.Response:
+    return web.json_response(err.to_dict(), status=err.http_status)
+
+
+@web.middleware
+async def guard(request: web.Request, handler):
+    app = request.app
+    port = request.transport.get_extra_info("sockname")[1] if request.transport else None
+    if request.host not in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"):
+        return _error(Unauthorized(f"requests must address the daemon by loopback, not {request.host!r}"))
+    public = request.path in PUBLIC or request.path.startswith("/panel/")
+    if not public:
+        if request.path == "/v1/events":
+            given = request.query.get("token", "")
+        else:
+            auth = request.headers.get("Authorization", "")
+            given = auth[7:] if auth.startswith("Bearer ") else ""
+        if not hmac.compare_digest(given.encode(), app[TOKEN].encode()):
+            return _error(Unauthorized("missing or wrong token (it is in the token file of HEARTH_HOME)"))
+    try:
+        return await handler(request)
+    except HearthError as e:
+        return _error(e)
+    except web.HTTPRequestEntityTooLarge:
+        return _error(BadRequest(f"request body over {MAX_BODY} bytes"))
+
+
+async def _body(request: web.Request) -> dict:
+    if not request.can_read_body:
+        return {}
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BadRequest("request body is not JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    return body
+
+
+def _pid(body: dict) -> int | None:
+    pid = body.get("pid")
+    return pid if isinstance(pid, int) and not isinstance(pid, bool) else None
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True, "version": __version__, "protocol": PROTOCOL, "pid": os.getpid()})
+
+
+async def status(request: web.Request) -> web.Response:
+    return web.json_response(request.app[SERVICE].status())
+
+
+async def acquire(request: web.Request) -> web.Response:
+    body = await _body(request)
+    return web.json_response(await request.app[SERVICE].acquire(body.get("path"), _pid(body)))
+
+
+async def release(request: web.Request) -> web.Response:
+    body = await _body(request)
+    return web.json_response(request.app[SERVICE].release(body.get("key"), _pid(body)))
+
+
+async def preload(request: web.Request) -> web.Response:
+    body = await _body(request)
+    return web.json_response(await request.app[SERVICE].preload(body.get("paths")))
+
+
+async def evict(request: web.Request) -> web.Response:
+    body = await _body(request)
+    return web.json_response(request.app[SERVICE].evict(body.get("path"), all=body.get("all") is True))
+
+
+async def pin(request: web.Request) -> web.Response:
+    body = await _body(request)
+    return web.json_response(await request.app[SERVICE].pin(body.get("path"), body.get("pinned", True) is True))
+
+
+async def config(request: web.Request) -> web.Response:
+    changes = await _body(request) if request.method == "POST" else None
+    return web.json_response(request.app[SERVICE].config(changes))
+
+
+async def strategy(request: web.Request) -> web.Response:
+    svc = request.app[SERVICE]
+    if request.method == "POST":
+        return web.json_response(svc.set_strategy(await _body(request)))
+    return web.json_response(svc.strategy or {})
+
+
+async def roots(request: web.Request) -> web.Response:
+    svc = request.app[SERVICE]
+    if request.method == "POST":
+        return web.json_response(svc.add_roots((await _body(request)).get("roots")))
+    return web.json_response({"roots": svc.roots()})
+
+
+async def events(request: web.Request) -> web.WebSocketResponse:
+    svc = request.app[SERVICE]
+    ws = web.WebSocketResponse(heartbeat=30)
+    await ws.prepare(request)
+    queue = svc.subscribe()
+
+    async def pump() -> None:
+        await ws.send_json({"type": "status", **svc.status()})
+        while True:
+            await ws.send_json(await queue.get())
+
+    sender = asyncio.ensure_future(pump())
+    try:
+        async for _msg in ws:  # viewers send nothing; the loop ends when the socket closes
+            pass
+    finally:
+        sender.cancel()
+        svc.unsubscribe(queue)
+    return ws
+
+
+async def panel(request: web.Request) -> web.StreamResponse:
+    page = WEB_DIR / "panel.html"
+    if not page.exists():
+        raise web.HTTPNotFound()
+    return web.FileResponse(page, headers={"Cache-Control": "no-store"})
+
+
+def make_app(service: Service, token: str) -> web.Application:
+    """The aiohttp application for one Service, guarded by `token`."""
+    app = web.Application(middlewares=[guard], client_max_size=MAX_BODY)
+    app[SERVICE] = service
+    app[TOKEN] = token
+    r = app.router
+    r.add_get("/v1/health", health)
+    r.add_get("/v1/status", status)
+    r.add_post("/v1/acquire", acquire)
+    r.add_post("/v1/release", release)
+    r.add_post("/v1/preload", preload)
+    r.add_post("/v1/evict", evict)
+    r.add_post("/v1/pin", pin)
+    r.add_route("GET", "/v1/config", config)
+    r.add_route("POST", "/v1/config", config)
+    r.add_route("GET", "/v1/strategy", strategy)
+    r.add_route("POST", "/v1/strategy", strategy)
+    r.add_route("GET", "/v1/roots", roots)
+    r.add_route("POST", "/v1/roots", roots)
+    r.add_get("/v1/events", events)
+    r.add_get("/", panel)
+    if WEB_DIR.is_dir():
+        r.add_static("/panel/", WEB_DIR)
+    return app

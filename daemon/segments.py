@@ -1,0 +1,241 @@
+"""Segments: byte-exact images of .safetensors files in the user's tmpfs, filled, published, adopted.
+
+A segment is written under a `.part` name, validated, checked against its source once more, and only then
+renamed to its final name, so nobody ever maps a half-filled segment. Holders (clients mapping it) keep a
+shared flock on it; the kernel drops that lock when a holder dies, which makes it the ground truth.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import logging
+import os
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..errors import ShmFull, SourceChanged
+from ..state import shm_dir
+from .header import Header, read_header
+
+log = logging.getLogger("hearth.segments")
+
+CHUNK = 64 << 20
+FILL_THREADS = 4
+
+
+@dataclass(frozen=True)
+class SourceId:
+    """The identity of a source file; any change to it gives a new key."""
+
+    path: str  # real path
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, real_path: str, st: os.stat_result | None = None) -> SourceId:
+        st = st or os.stat(real_path)
+        return cls(real_path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+    @property
+    def key(self) -> str:
+        h = hashlib.blake2b(repr(tuple(asdict(self).values())).encode(), digest_size=8)
+        return h.hexdigest()
+
+    def mismatch(self, other: SourceId) -> str | None:
+        """Name the first field that differs from `other`, or None when they are the same file."""
+        for field, value in asdict(self).items():
+            if getattr(other, field) != value:
+                return field
+        return None
+
+
+def prefix() -> str:
+    return f"hearth-{os.getuid()}-"
+
+
+def segment_path(key: str) -> Path:
+    return shm_dir() / f"{prefix()}{key}"
+
+
+def part_path(key: str) -> Path:
+    return shm_dir() / f".{prefix()}{key}.{os.getpid()}.part"
+
+
+def is_held(fd: int) -> bool:
+    """True while any process holds a shared flock on the segment (a client mapping it)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return False
+
+
+def holder_pids(fd: int) -> list[int]:
+    """The pids holding flocks on this file, read from /proc/locks (empty where that is unavailable)."""
+    st = os.fstat(fd)
+    dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    pids = set()
+    try:
+        with open("/proc/locks") as f:
+            for line in f:
+                parts = line.split()
+                # "1: FLOCK  ADVISORY  READ  1234 00:1a:5678 0 EOF" (blocked waiters carry "->")
+                if len(parts) >= 6 and parts[1] == "FLOCK" and parts[5] == dev:
+                    pids.add(int(parts[4]))
+    except (OSError, ValueError):
+        return []
+    return sorted(pids - {os.getpid()})
+
+
+def _copy_range(src_fd: int, dst_path: Path, begin: int, end: int, done: Callable[[int], None]) -> None:
+    # sendfile writes at the destination's own file position, so each worker opens its own descriptor.
+    dst = os.open(dst_path, os.O_WRONLY)
+    try:
+        os.lseek(dst, begin, os.SEEK_SET)
+        pos = begin
+        while pos < end:
+            n = os.sendfile(dst, src_fd, pos, min(CHUNK, end - pos))
+            if n == 0:
+                raise SourceChanged(f"source ended early at byte {pos} of {end}")
+            pos += n
+            done(n)
+    finally:
+        os.close(dst)
+
+
+def _parallel_copy(src_fd: int, dst_path: Path, size: int, progress: Callable[[int], None],
+                   idle_io: bool) -> None:
+    jobs: queue.Queue[tuple[int, int]] = queue.Queue()
+    for begin in range(0, size, CHUNK):
+        jobs.put((begin, min(size, begin + CHUNK)))
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+    total = [0]
+
+    def done(n: int) -> None:
+        with lock:
+            total[0] += n
+            progress(total[0])
+
+    def worker() -> None:
+        if idle_io:
+            _idle_io_priority()
+        while not errors:
+            try:
+                begin, end = jobs.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                _copy_range(src_fd, dst_path, begin, end, done)
+            except BaseException as e:  # noqa: BLE001 - handed to the filling thread
+                errors.append(e)
+
+    threads = [threading.Thread(target=worker, name="hearth-fill", daemon=True)
+               for _ in range(min(FILL_THREADS, jobs.qsize()) or 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
+def _idle_io_priority() -> None:
+    try:
+        import psutil
+
+        psutil.Process(threading.get_native_id()).ionice(psutil.IOPRIO_CLASS_IDLE)
+    except Exception:  # noqa: BLE001 - a hint only; not every OS or kernel allows it
+        pass
+
+
+def fill(source: SourceId, progress: Callable[[int], None] = lambda n: None,
+         idle_io: bool = False) -> tuple[int, Header]:
+    """Copy `source` into a new segment and publish it; return its open read-only fd and header.
+
+    Raises ShmFull when the tmpfs cannot hold it, SourceChanged when the file changed under the fill,
+    BadHeader when the bytes are not a valid safetensors file. No final name is ever left half-filled.
+    """
+    key = source.key
+    part = part_path(key)
+    src = os.open(source.path, os.O_RDONLY)
+    try:
+        if (mismatch := source.mismatch(SourceId.of(source.path, os.fstat(src)))) is not None:
+            raise SourceChanged(f"{source.path} changed ({mismatch}) before it could be read")
+        dst = os.open(part, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            try:
+                if source.size:
+                    os.posix_fallocate(dst, 0, source.size)
+            except OSError as e:
+                if e.errno in (errno.ENOSPC, errno.EFBIG):
+                    free = os.statvfs(part.parent)
+                    raise ShmFull(f"{part.parent} has no room for {source.path} ({source.size} bytes; "
+                                  f"{free.f_bavail * free.f_frsize} free): raise its size or the budget "
+                                  f"down") from None
+                raise
+            _parallel_copy(src, part, source.size, progress, idle_io)
+            header = read_header(dst, source.path)
+            after = SourceId.of(source.path)
+            if (mismatch := source.mismatch(after)) is not None:
+                raise SourceChanged(f"{source.path} changed ({mismatch}) while it was being read")
+            os.rename(part, segment_path(key))
+        except BaseException:
+            os.close(dst)
+            _unlink_quietly(part)
+            raise
+        # RAM should hold one copy of the model, not the segment plus the file's page cache.
+        os.posix_fadvise(src, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(src)
+    ro = os.open(segment_path(key), os.O_RDONLY)
+    os.close(dst)
+    return ro, header
+
+
+def open_existing(key: str, source: SourceId) -> tuple[int, Header]:
+    """Re-adopt a segment a previous daemon left, after checking its size and header."""
+    fd = os.open(segment_path(key), os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.getuid() or st.st_size != source.size:
+            raise SourceChanged(f"segment {key} has size {st.st_size}, its source {source.size}")
+        return fd, read_header(fd, source.path)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def list_own() -> tuple[list[str], list[Path]]:
+    """(keys of final segments, paths of leftover .part files) of this user in the tmpfs."""
+    keys, parts = [], []
+    try:
+        names = os.listdir(shm_dir())
+    except FileNotFoundError:
+        return [], []
+    for name in names:
+        if name.startswith(prefix()):
+            keys.append(name[len(prefix()):])
+        elif name.startswith("." + prefix()) and name.endswith(".part"):
+            parts.append(shm_dir() / name)
+    return keys, parts
+
+
+def unlink(key: str) -> None:
+    _unlink_quietly(segment_path(key))
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+

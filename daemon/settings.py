@@ -1,0 +1,70 @@
+"""The daemon's user settings (config.json in HEARTH_HOME), with validation of every key."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import BadRequest
+from ..state import parse_size, read_json, write_json_atomic
+
+DEFAULTS: dict[str, Any] = {
+    "budget": "auto",       # '12G', '40%' of RAM, bytes, or 'auto' (DESIGN section 5)
+    "model_dirs": [],       # extra allowed roots, beside HEARTH_MODEL_DIRS and ComfyUI's folders
+    "pinned": [],           # source paths never evicted by LRU, refilled when the daemon starts
+    "max_fills": 2,         # concurrent fills of different files
+    "autostart": False,     # whether a client inside ComfyUI may start the daemon
+}
+
+
+def _check(key: str, value: Any) -> Any:
+    if key == "budget":
+        if value not in ("auto", None):
+            parse_size(value, total=1)  # raises ValueError with a readable message
+        return value or "auto"
+    if key in ("model_dirs", "pinned"):
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"{key} must be a list of paths")
+        return [os.path.realpath(os.path.expanduser(v)) for v in value]
+    if key == "max_fills":
+        value = int(value)
+        if not 1 <= value <= 16:
+            raise ValueError("max_fills must be between 1 and 16")
+        return value
+    if key == "autostart":
+        if isinstance(value, str):
+            value = value.lower() in ("1", "true", "yes", "on")
+        return bool(value)
+    raise ValueError(f"unknown setting {key!r} (known: {', '.join(DEFAULTS)})")
+
+
+class Settings:
+    """config.json, read once and written atomically on every change."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        stored = read_json(path, {}) or {}
+        self.values = dict(DEFAULTS)
+        for k, v in stored.items():
+            try:
+                self.values[k] = _check(k, v)
+            except (ValueError, TypeError):
+                pass  # a hand-edited bad value falls back to the default rather than stopping the daemon
+        if budget_env := os.environ.get("HEARTH_BUDGET"):
+            self.values["budget"] = _check("budget", budget_env)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.values[key]
+
+    def update(self, changes: dict[str, Any]) -> dict[str, Any]:
+        """Validate and apply several settings at once; nothing is applied if one is bad."""
+        try:
+            checked = {k: _check(k, v) for k, v in changes.items()}
+        except (ValueError, TypeError) as e:
+            raise BadRequest(str(e)) from None
+        self.values.update(checked)
+        write_json_atomic(self.path, self.values)
+        return dict(self.values)

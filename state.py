@@ -7,24 +7,25 @@ import os
 import secrets
 import stat
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from .errors import Unauthorized
 
 
-def hearth_home() -> Path:
+def hearth_home(env: Mapping[str, str] | None = None) -> Path:
     """The state folder: $HEARTH_HOME, else $XDG_CONFIG_HOME/hearth, else ~/.config/hearth."""
-    env = os.environ.get("HEARTH_HOME")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    env = os.environ if env is None else env
+    if env.get("HEARTH_HOME"):
+        return Path(env["HEARTH_HOME"]).expanduser()
+    base = env.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
     return Path(base) / "hearth"
 
 
-def ensure_home() -> Path:
+def ensure_home(env: Mapping[str, str] | None = None) -> Path:
     """Create the state folder with mode 0700 if needed and return it."""
-    home = hearth_home()
+    home = hearth_home(env)
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(home, 0o700)
     return home
@@ -94,8 +95,8 @@ def read_token() -> str:
     return path.read_text().strip()
 
 
-def daemon_info_path() -> Path:
-    return hearth_home() / "daemon.json"
+def daemon_info_path(env: Mapping[str, str] | None = None) -> Path:
+    return hearth_home(env) / "daemon.json"
 
 
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MB": 1 << 20,

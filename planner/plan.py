@@ -1,0 +1,321 @@
+"""The VRAM planner: how a model should run on given hardware, best strategy first.
+
+The ladder (each rung is slower and needs less VRAM than the one above):
+
+    full_gpu    every weight in VRAM, at 16 bits
+    fp8         weights cast to FP8 on the GPU (half of 16 bits); CUDA with compute capability 8.9+
+    partial     R bytes of weights resident in VRAM, the rest streamed from pinned RAM at every step
+    sequential  nothing resident: layers streamed one at a time; every weight in RAM
+    cpu         weights upcast to fp32 in RAM, as ComfyUI does for the diffusion model on CPU (DESIGN 8a)
+
+Estimates, simple on purpose (each is one constant below):
+- Weights on the GPU are 16-bit (ComfyUI casts an fp32 file to fp16/bf16), or FP8 when stored as FP8.
+- Workspace (activations, attention, library buffers): max(0.8 GiB, 10 % of the model at 16 bits).
+  0.8 GiB is ComfyUI's own floor (`minimum_inference_memory`); its per-model estimate
+  (`BaseModel.memory_required`) grows with the latent area and is of the same order at default
+  resolutions (SDXL ~0.5 GiB, FLUX ~2 GiB), which 10 % matches or exceeds. Long videos and large batches
+  need more: raise `reserve`.
+- Largest layer: 2 % of the weights (largest tensor: SD1.5 1.7 %, SDXL 0.6 %, FLUX 0.3 %, Wan 14B 0.5 %).
+  Streaming keeps two layers on the GPU: the one computing and the next one in flight.
+- Partial keeps at least 10 % of the weights resident; with less it streams ~all of them every step,
+  which is what sequential means.
+- Default reserve 1 GiB: ComfyUI's EXTRA_RESERVED_VRAM (400 MiB on Linux, 600-700 MiB on Windows) plus
+  the few hundred MiB of CUDA context each process holds.
+- RAM: only what the plan needs while it runs (partial: the streamed part; sequential: all weights, held
+  by Hearth as pinned shared memory; cpu: fp32 weights plus workspace). Hearth's warm copy is extra.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from dataclasses import dataclass
+
+from ..errors import BadHeader, HearthError
+from .detect import GiB, Hardware
+
+log = logging.getLogger("hearth.planner")
+
+LADDER = ("full_gpu", "fp8", "partial", "sequential", "cpu")
+DEFAULT_RESERVE = GiB
+WORKSPACE_FLOOR = int(0.8 * GiB)
+WORKSPACE_FRACTION = 0.10
+LAYER_FRACTION = 0.02
+PARTIAL_MIN_FRACTION = 0.10
+
+
+class PlanImpossible(HearthError):
+    """No strategy (or not the one asked for) can run the model; the message says what would fit."""
+
+    code, http_status = "plan_impossible", 422
+
+    def __init__(self, message: str, alternatives: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.alternatives = alternatives  # strategies that do fit here, best first
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model as the planner sees it.
+
+    `weights_bytes` is what must be on the GPU at once (for a checkpoint: its diffusion model);
+    `dtype_bytes` is bytes per weight as stored (4 fp32, 2 fp16/bf16, 1 fp8); `kind` "text_encoder"
+    stays 16-bit on CPU, anything else ("diffusion", "vae") is upcast to fp32 there.
+    """
+
+    weights_bytes: int
+    dtype_bytes: int = 2
+    kind: str = "diffusion"
+    name: str = ""
+
+    def __post_init__(self):
+        if self.weights_bytes <= 0 or self.dtype_bytes not in (1, 2, 4, 8):
+            raise ValueError(f"bad model spec: {self.weights_bytes} bytes, {self.dtype_bytes} bytes/weight")
+
+    @property
+    def params(self) -> int:
+        return self.weights_bytes // self.dtype_bytes
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How to run the model. `resident_bytes`: weights kept in VRAM (all of them, but for partial
+    and sequential). `ram_bytes`: RAM the plan needs while it runs (Hearth's warm copy not counted)."""
+
+    strategy: str
+    vram_bytes: int
+    ram_bytes: int
+    resident_bytes: int
+    warnings: tuple[str, ...]
+    explanation: str
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class _Option:
+    strategy: str
+    does: str  # what it does here, with the numbers
+    vram: int
+    ram: int
+    resident: int
+    problem: str | None  # why it cannot run here; None: it can
+
+
+def _gib(n: int | float) -> str:
+    return f"{n / GiB:.1f} GiB" if n >= GiB / 10 or n == 0 else f"{n / GiB:.2f} GiB"
+
+
+class _Situation:
+    """One model on one machine: the sizes every strategy is judged by, and one method per strategy."""
+
+    def __init__(self, model: ModelSpec, hw: Hardware, budget: int | None, reserve: int):
+        self.model, self.hw = model, hw
+        self.gpu = hw.accelerators[0] if hw.accelerators else None  # device 0, ComfyUI's default
+        free = self.gpu.vram_free if self.gpu else 0
+        self.usable = max(0, free - reserve if budget is None else min(free - reserve, budget))
+        self.usable_why = f"{_gib(free)} free - {_gib(reserve)} reserve"
+        if budget is not None and budget < free - reserve:
+            self.usable_why += f", capped by the {_gib(budget)} budget"
+        self.weights = model.params * min(model.dtype_bytes, 2)
+        self.workspace = max(WORKSPACE_FLOOR, int(WORKSPACE_FRACTION * model.params * 2))
+        self.layers = 2 * int(LAYER_FRACTION * self.weights)
+
+    def _gpu_problem(self, streams: bool = False) -> str | None:
+        if self.gpu is None:
+            return "no GPU"
+        if streams and self.gpu.kind == "mps":
+            return "Apple MPS shares RAM with the GPU, so there is nothing to stream from"
+        return None
+
+    def _vram_problem(self, need: int, parts: str) -> str | None:
+        if need <= self.usable:
+            return None
+        return f"needs {_gib(need)} of VRAM ({parts}), only {_gib(self.usable)} usable"
+
+    def full_gpu(self) -> _Option:
+        need = self.weights + self.workspace
+        problem = self._gpu_problem() or self._vram_problem(
+            need, f"{_gib(self.weights)} weights + {_gib(self.workspace)} workspace")
+        return _Option("full_gpu", f"all {_gib(self.weights)} of weights stay in VRAM",
+                       need, 0, self.weights, problem)
+
+    def fp8(self) -> _Option:
+        fp8_weights = self.model.params
+        need = fp8_weights + self.workspace
+        cc = self.gpu.compute_capability if self.gpu else None
+        problem = (self._gpu_problem()
+                   or ("the weights are already FP8" if self.model.dtype_bytes == 1 else None)
+                   or ("Apple MPS has no FP8" if self.gpu.kind == "mps" else None)
+                   or ("FP8 needs compute capability 8.9+ and this GPU's is unknown" if cc is None else None)
+                   or (f"FP8 needs compute capability 8.9+, this GPU has {cc[0]}.{cc[1]}"
+                       if not self.gpu.fp8 else None)
+                   or self._vram_problem(need, f"{_gib(fp8_weights)} FP8 weights + "
+                                               f"{_gib(self.workspace)} workspace"))
+        return _Option("fp8", f"the weights are cast to FP8 on the GPU ({_gib(self.weights)} -> "
+                              f"{_gib(fp8_weights)}) and all stay in VRAM", need, 0, fp8_weights, problem)
+
+    def partial(self) -> _Option:
+        floor = int(PARTIAL_MIN_FRACTION * self.weights)
+        resident = max(0, min(self.weights, self.usable - self.workspace - self.layers))
+        streamed = self.weights - resident
+        problem = (self._gpu_problem(streams=True)
+                   or (self._vram_problem(floor + self.layers + self.workspace,
+                                          f"at least {PARTIAL_MIN_FRACTION:.0%} of the weights ({_gib(floor)}) resident + "
+                                          f"{_gib(self.layers)} for two streamed layers + "
+                                          f"{_gib(self.workspace)} workspace")
+                       if resident < floor else None)
+                   or (f"streams {_gib(streamed)} of weights from RAM, only {_gib(self.hw.ram_available)} "
+                       f"available" if streamed > self.hw.ram_available else None))
+        return _Option("partial", f"{_gib(resident)} of the {_gib(self.weights)} of weights stay in VRAM and "
+                                  f"the other {_gib(streamed)} stream from pinned RAM at every step",
+                       resident + self.layers + self.workspace, streamed, resident, problem)
+
+    def sequential(self) -> _Option:
+        need = self.layers + self.workspace
+        problem = (self._gpu_problem(streams=True)
+                   or self._vram_problem(need, f"{_gib(self.layers)} for two streamed layers + "
+                                               f"{_gib(self.workspace)} workspace")
+                   or (f"needs all {_gib(self.weights)} of weights in RAM, only "
+                       f"{_gib(self.hw.ram_available)} available"
+                       if self.weights > self.hw.ram_available else None))
+        return _Option("sequential", f"no weights stay in VRAM: all {_gib(self.weights)} stream from pinned "
+                                     f"RAM layer by layer at every step", need, self.weights, 0, problem)
+
+    def cpu(self) -> _Option:
+        per_weight = min(self.model.dtype_bytes, 2) if self.model.kind == "text_encoder" else 4
+        weights = self.model.params * per_weight
+        need = weights + self.workspace
+        problem = None
+        if need > self.hw.ram_available:
+            problem = (f"needs {_gib(need)} of RAM ({_gib(weights)} {8 * per_weight}-bit weights + "
+                       f"{_gib(self.workspace)} workspace), only {_gib(self.hw.ram_available)} available")
+        return _Option("cpu", f"the model runs on the CPU with its {_gib(weights)} of {8 * per_weight}-bit "
+                              f"weights in RAM", 0, need, 0, problem)
+
+    def options(self) -> list[_Option]:
+        return [getattr(self, name)() for name in LADDER]
+
+
+def plan(model: ModelSpec, hardware: Hardware, budget: int | None = None, reserve: int | None = None,
+         strategy: str = "auto") -> Plan:
+    """Pick the best strategy that fits (or check the one asked for) and explain the choice.
+
+    `budget`: the most VRAM Hearth may use, in bytes (None: all free VRAM); `reserve`: VRAM left free
+    for everything else (None: 1 GiB). Build `hardware` with `detect()` or `Hardware.profile(...)`.
+    Raises PlanImpossible when nothing fits, or the strategy asked for does not.
+    """
+    if strategy != "auto" and strategy not in LADDER:
+        raise ValueError(f"unknown strategy {strategy!r}; one of auto, {', '.join(LADDER)}")
+    reserve = DEFAULT_RESERVE if reserve is None else reserve
+    if reserve < 0 or (budget is not None and budget < 0):
+        raise ValueError("budget and reserve must be >= 0")
+    here = _Situation(model, hardware, budget, reserve)
+    options = here.options()
+    fitting = tuple(o.strategy for o in options if o.problem is None)
+    name = model.name or f"a {_gib(model.weights_bytes)} model"
+    if strategy == "auto":
+        if not fitting:
+            raise PlanImpossible(_nothing_fits(name, here, options, model, hardware, reserve))
+        strategy = fitting[0]
+    chosen = options[LADDER.index(strategy)]
+    if chosen.problem:
+        raise PlanImpossible(f"{strategy} cannot run {name} here: {chosen.problem}. "
+                             + (f"What fits: {', '.join(fitting)}." if fitting else "Nothing fits."), fitting)
+    result = Plan(chosen.strategy, chosen.vram, chosen.ram, chosen.resident, _warnings(here, chosen),
+                  _explain(here, chosen, options))
+    log.debug("plan for %s: %s", name, result)
+    return result
+
+
+def _explain(here: _Situation, chosen: _Option, options: list[_Option]) -> str:
+    usage = f"VRAM {_gib(chosen.vram)}, RAM {_gib(chosen.ram)}"
+    if here.gpu:
+        usage += f"; usable VRAM {_gib(here.usable)} = {here.usable_why}"
+    text = f"Chose {chosen.strategy}: {chosen.does} ({usage})."
+    why_not: dict[str, list[str]] = {}  # one sentence per reason ("no GPU" rules out four at once)
+    for better in reversed(options[:LADDER.index(chosen.strategy)]):  # the next better one first
+        why = better.problem or f"it would fit, but {chosen.strategy} was asked for"
+        why_not.setdefault(why, []).append(better.strategy)
+    for why, names in why_not.items():
+        text += f" Not {' or '.join(names)}: {why}."
+    return text
+
+
+def _warnings(here: _Situation, chosen: _Option) -> tuple[str, ...]:
+    warnings = []
+    if chosen.strategy == "fp8":
+        warnings.append("FP8 weights: outputs differ slightly from the 16-bit model")
+    if chosen.strategy in ("partial", "sequential"):
+        warnings.append(f"{_gib(chosen.ram)} cross the PCIe bus at every step: slower than a full load")
+        if here.hw.shm_free < chosen.ram:
+            warnings.append(f"/dev/shm has {_gib(here.hw.shm_free)} free, less than the {_gib(chosen.ram)} "
+                            f"to stream: Hearth cannot share them, ComfyUI will pin private RAM instead")
+    if chosen.strategy == "cpu":
+        warnings.append("CPU inference is slow: expect minutes per image")
+    return tuple(warnings)
+
+
+def _nothing_fits(name: str, here: _Situation, options: list[_Option], model: ModelSpec,
+                  hardware: Hardware, reserve: int) -> str:
+    reasons = "; ".join(f"{o.strategy}: {o.problem}" for o in options)
+    seq, cpu = options[LADDER.index("sequential")], options[LADDER.index("cpu")]
+    fits = (f"It would fit on a CUDA GPU with {_gib(seq.vram + reserve)} free and {_gib(seq.ram)} of RAM "
+            f"(sequential), or on the CPU with {_gib(cpu.ram)} of RAM.")
+    if here.usable < (here.gpu.vram_free - reserve if here.gpu else 0):
+        try:
+            unbudgeted = plan(model, hardware, None, reserve)
+            fits += f" Without the VRAM budget it would run as {unbudgeted.strategy}."
+        except PlanImpossible:
+            pass
+    return (f"Nothing fits {name} on this hardware (usable VRAM {_gib(here.usable)} = {here.usable_why}; "
+            f"{reasons}). {fits}")
+
+
+_FLOAT_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1}
+_HEADER_MAX = 100_000_000  # DESIGN 3
+
+
+def model_spec_from_file(path: str | os.PathLike) -> ModelSpec:
+    """Size a .safetensors file from its header alone (no tensor data is read).
+
+    A full checkpoint (keys under `model.diffusion_model.`) is sized by its diffusion model: that is what
+    is on the GPU while sampling (ComfyUI runs the text encoders and the VAE before and after it).
+    The dtype is the one holding most bytes. Raises BadHeader for a malformed header, ValueError when
+    most bytes are not floats (quantized integer formats are beyond this planner).
+    """
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        length = int.from_bytes(f.read(8), "little")
+        if size < 8 or not 2 <= length <= min(_HEADER_MAX, size - 8):
+            raise BadHeader(f"{path}: header length {length} out of range for a {size}-byte file")
+        try:
+            header = json.loads(f.read(length).decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise BadHeader(f"{path}: header is not UTF-8 JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise BadHeader(f"{path}: header is not a JSON object")
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+    if any(k.startswith("model.diffusion_model.") for k in tensors):
+        tensors = {k: v for k, v in tensors.items() if k.startswith("model.diffusion_model.")}
+    by_dtype: dict[str, int] = {}
+    for key, entry in tensors.items():
+        try:
+            begin, end = entry["data_offsets"]
+            dtype = entry["dtype"]
+        except (TypeError, KeyError, ValueError):
+            raise BadHeader(f"{path}: tensor {key!r} lacks dtype or data_offsets") from None
+        if not (type(begin) is int and type(end) is int and 0 <= begin <= end <= size - 8 - length):
+            raise BadHeader(f"{path}: tensor {key!r} has data_offsets outside the file")
+        by_dtype[dtype] = by_dtype.get(dtype, 0) + end - begin
+    total = sum(by_dtype.values())
+    if total == 0:
+        raise BadHeader(f"{path}: no tensor data")
+    dominant = max(by_dtype, key=by_dtype.get)
+    if dominant not in _FLOAT_BYTES:
+        raise ValueError(f"{path}: most weights are {dominant}; the planner sizes float weights only")
+    return ModelSpec(total, _FLOAT_BYTES[dominant], "diffusion", os.path.basename(path))

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Hearth's two set-up commands (README): `./dev.sh demo` runs the main job, `./dev.sh test` the test suite.
+# Each makes .venv with everything the project needs on a fresh Linux machine with Python 3.10+.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+usage() { echo "usage: ./dev.sh demo | test [pytest args...]" >&2; exit 2; }
+[ $# -ge 1 ] || usage
+
+if [ ! -x .venv/bin/python ]; then
+    "${PYTHON:-python3}" -m venv .venv
+fi
+# torch first and pinned: the pack declares torch without a version (a ComfyUI environment's CUDA build
+# must never be replaced), so an unpinned install here would pull the newest CUDA build instead.
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+    .venv/bin/python -m pip install -q "torch==2.13.0"
+fi
+.venv/bin/python -m pip install -q -e ".[test]"
+
+cmd=$1; shift
+case "$cmd" in
+    demo) exec .venv/bin/python -m bench.demo "$@" ;;
+    test) exec .venv/bin/python -m pytest -q tests "$@" ;;
+    *) usage ;;
+esac

@@ -26,6 +26,7 @@ DTYPES = {
     "U64": getattr(torch, "uint64", None),
     "F8_E4M3": getattr(torch, "float8_e4m3fn", None), "F8_E5M2": getattr(torch, "float8_e5m2", None),
     "F8_E8M0": getattr(torch, "float8_e8m0fnu", None),
+    "F8_E4M3FNUZ": getattr(torch, "float8_e4m3fnuz", None), "F8_E5M2FNUZ": getattr(torch, "float8_e5m2fnuz", None),
 }
 
 

@@ -17,9 +17,10 @@ from ..errors import BadHeader
 
 MAX_HEADER = 100 * 1024 * 1024
 
-# dtype name -> item size in bytes (safetensors' own list).
+# dtype name -> item size in bytes (safetensors' own list; the sub-byte F4/F6 types are not cached: such
+# files are refused here and loaded the stock way).
 DTYPE_SIZES = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1,
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1, "F8_E4M3FNUZ": 1, "F8_E5M2FNUZ": 1,
     "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
     "I32": 4, "U32": 4, "F32": 4,
     "I64": 8, "U64": 8, "F64": 8, "C64": 8,
@@ -79,7 +80,9 @@ def parse_header(raw: bytes, file_size: int, name: str) -> Header:
     if not isinstance(doc, dict):
         raise BadHeader(f"{name}: header is not a JSON object")
 
-    metadata = doc.pop("__metadata__", None) or {}
+    # Only an absent or null __metadata__ means "none": [] or "" are as malformed as any other non-map.
+    metadata = doc.pop("__metadata__", None)
+    metadata = {} if metadata is None else metadata
     if not isinstance(metadata, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
         raise BadHeader(f"{name}: __metadata__ must be a map of strings to strings")
@@ -103,7 +106,7 @@ def _entry(fname: str, key: str, v: object) -> TensorEntry:
     if not isinstance(v, dict) or set(v) != {"dtype", "shape", "data_offsets"}:
         raise BadHeader(f"{where} must be {{dtype, shape, data_offsets}}, got {str(v)[:80]}")
     dtype, shape, offs = v["dtype"], v["shape"], v["data_offsets"]
-    if dtype not in DTYPE_SIZES:
+    if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:  # a list or object is not even hashable
         raise BadHeader(f"{where}: unknown dtype {dtype!r}")
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
         raise BadHeader(f"{where}: shape must be a list of integers >= 0, got {shape!r}")

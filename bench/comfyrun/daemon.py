@@ -1,0 +1,66 @@
+"""A Hearth daemon of its own for a test or benchmark run: private HEARTH_HOME, any free port."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import urllib.request
+from pathlib import Path
+
+
+class Daemon:
+    """`hearth daemon --headless` with HEARTH_HOME=home, allowed to serve the files under `model_dirs`."""
+
+    def __init__(self, home: Path, model_dirs: list[Path]):
+        self.home = home
+        self.env = {**os.environ, "HEARTH_HOME": str(home), "HEARTH_PORT": "0",
+                    "HEARTH_MODEL_DIRS": os.pathsep.join(map(str, model_dirs))}
+        self.env.pop("HEARTH_DISABLE", None)
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Daemon:
+        from comfyui_hearth.daemon.spawn import start_daemon
+
+        self.proc = start_daemon(self.env, timeout=30.0)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def __enter__(self) -> Daemon:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def status(self) -> dict:
+        info = json.loads((self.home / "daemon.json").read_text())
+        token = (self.home / "token").read_text().strip()
+        req = urllib.request.Request(f"http://127.0.0.1:{info['port']}/v1/status",
+                                     headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.loads(r.read())
+
+    def segment(self, source: Path) -> Path:
+        """The /dev/shm file that holds `source` (DESIGN section 2 names it hearth-<uid>-<key>)."""
+        real = os.path.realpath(source)
+        for seg in self.status()["segments"]:
+            if os.path.realpath(seg["path"]) == real and seg["state"] == "ready":
+                return Path(os.environ.get("HEARTH_SHM_DIR", "/dev/shm")) / f"hearth-{os.getuid()}-{seg['key']}"
+        raise LookupError(f"no ready segment for {source}")
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()

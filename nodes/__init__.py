@@ -1,0 +1,13 @@
+"""Hearth's ComfyUI nodes (V1 node API). The only package of Hearth that imports ComfyUI."""
+
+from .checkpoint import HearthCheckpointLoader
+from .lora import HearthLoraSwapper
+
+NODE_CLASS_MAPPINGS = {
+    "HearthCheckpointLoader": HearthCheckpointLoader,
+    "HearthLoraSwapper": HearthLoraSwapper,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "HearthCheckpointLoader": "Hearth Checkpoint Loader",
+    "HearthLoraSwapper": "Hearth LoRA Swapper",
+}

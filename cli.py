@@ -27,9 +27,7 @@ def _conn():
 def cmd_daemon(args: argparse.Namespace) -> int:
     from .daemon.main import run
 
-    if not args.headless:
-        log.info("the tray icon is not available in this version; running headless")
-    return run(args.port)
+    return run(args.port, headless=args.headless)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

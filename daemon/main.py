@@ -7,6 +7,7 @@ import fcntl
 import logging
 import os
 import signal
+import threading
 import time
 
 from aiohttp import web
@@ -23,8 +24,12 @@ def default_port() -> int:
     return int(os.environ.get("HEARTH_PORT", "7788"))
 
 
-def run(port: int | None = None) -> int:
-    """Serve until SIGINT/SIGTERM. Returns 0, also when another daemon of this user is already up."""
+def run(port: int | None = None, headless: bool = True) -> int:
+    """Serve until SIGINT/SIGTERM or the tray's Quit. Returns 0, also when another daemon already runs.
+
+    Without `headless`, a tray icon is shown where a display allows one; where none does, the daemon
+    says why and runs headless.
+    """
     home = ensure_home()
     token = create_token()  # raises Unauthorized for a token file others can read
     lock_fd = os.open(home / "daemon.lock", os.O_RDWR | os.O_CREAT, 0o600)
@@ -35,8 +40,13 @@ def run(port: int | None = None) -> int:
         log.warning("a Hearth daemon is already running (pid %s, port %s)", info.get("pid"), info.get("port"))
         os.close(lock_fd)
         return 0
+    port = default_port() if port is None else port
+    tray = None if headless else _make_tray()
     try:
-        asyncio.run(_serve(home, token, default_port() if port is None else port))
+        if tray is None:
+            asyncio.run(_serve(home, token, port))
+        else:
+            _serve_with_tray(tray, home, token, port)
     finally:
         try:
             os.unlink(daemon_info_path())
@@ -46,7 +56,36 @@ def run(port: int | None = None) -> int:
     return 0
 
 
-async def _serve(home, token: str, port: int) -> None:
+def _make_tray():
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        log.info("no display: running headless (use --headless to say so)")
+        return None
+    try:
+        from .tray import Tray
+
+        return Tray()
+    except Exception as e:  # noqa: BLE001 - any backend failure means no tray, never no daemon
+        log.warning("the tray icon is not available (%s): running headless", e)
+        return None
+
+
+def _serve_with_tray(tray, home, token: str, port: int) -> None:
+    """The tray needs the main thread; the server runs on its own thread and loop."""
+    def server() -> None:
+        try:
+            asyncio.run(_serve(home, token, port, tray.attach))
+        finally:
+            tray.icon.stop()
+
+    thread = threading.Thread(target=server, name="hearth-server")
+    thread.start()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: tray.quit())
+    tray.run()
+    thread.join()
+
+
+async def _serve(home, token: str, port: int, on_ready=None) -> None:
     service = Service(home)
     await service.start()
     runner = web.AppRunner(make_app(service, token), access_log=None, handle_signals=False)
@@ -59,8 +98,11 @@ async def _serve(home, token: str, port: int) -> None:
     log.info("Hearth daemon %s listening on 127.0.0.1:%d (state in %s)", __version__, bound, home)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+    if on_ready is not None:
+        on_ready(service, loop, stop, bound, token)
     try:
         await stop.wait()
     finally:

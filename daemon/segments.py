@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import ShmFull, SourceChanged
-from ..state import shm_dir
+from ..state import hearth_home, shm_dir
 from .header import Header, read_header
 
 log = logging.getLogger("hearth.segments")
@@ -57,7 +57,10 @@ class SourceId:
 
 
 def prefix() -> str:
-    return f"hearth-{os.getuid()}-"
+    """`hearth-<uid>-<home>-`: <home> tells apart daemons of one user with different HEARTH_HOMEs (test
+    runs, benchmarks), so that a starting daemon cleans up only its own leftovers."""
+    home = os.path.realpath(hearth_home())
+    return f"hearth-{os.getuid()}-{hashlib.blake2b(home.encode(), digest_size=3).hexdigest()}-"
 
 
 def segment_path(key: str) -> Path:

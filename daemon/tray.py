@@ -64,8 +64,8 @@ class Tray:
         self.service, self.loop, self._stop = service, loop, stop
         # The token travels in the fragment, which browsers never send to a server.
         self.url = f"http://127.0.0.1:{port}/#token={token}"
-        self.icon.visible = True
-        self.icon.update_menu()
+        if self.icon._running:  # before icon.run() the backend has nothing to update; run() shows it
+            self.icon.update_menu()
         if self._quit.is_set():  # Quit or a signal came before the server was up
             stop.set()
 
@@ -109,6 +109,6 @@ class Tray:
 
     def quit(self) -> None:
         self._quit.set()
-        if self.loop is not None and self._stop is not None:
+        if self.loop is not None and self._stop is not None and not self.loop.is_closed():
             self.loop.call_soon_threadsafe(self._stop.set)
         self.icon.stop()

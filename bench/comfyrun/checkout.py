@@ -18,7 +18,7 @@ def find_comfyui() -> tuple[Path | None, str]:
     return candidate.resolve(), f"ComfyUI at {candidate}"
 
 
-def comfy_env(checkout: Path, extra_path: list[Path] = (), **overrides: str) -> dict[str, str]:
+def comfy_env(checkout: Path, extra_path: list[Path] = (), **overrides: str | None) -> dict[str, str]:
     """Environment for a process that imports ComfyUI: the torchvision/torchaudio stand-ins come first.
 
     No build of either matches the CPU torch these tests use; ComfyUI imports both at start-up for models

@@ -47,8 +47,9 @@ _UNET_PREFIX = "model.diffusion_model."
 def build_checkpoint(checkout: Path, out: Path, shape: str = "tiny", seed: int = 0) -> Path:
     """Write an SD1.5-shaped fp16 checkpoint with random weights to `out` (in a child process)."""
     out.parent.mkdir(parents=True, exist_ok=True)
+    package_root = Path(__file__).parents[__name__.count(".")]  # where `python -m __name__` finds us
     subprocess.run([sys.executable, "-m", __name__, str(out), shape, str(seed)], cwd=checkout,
-                   env=comfy_env(checkout, extra_path=[Path(__file__).parents[1]]), check=True, timeout=600)
+                   env=comfy_env(checkout, extra_path=[package_root]), check=True, timeout=600)
     return out
 
 

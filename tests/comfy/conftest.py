@@ -1,0 +1,65 @@
+"""Fixtures of the tests against a real ComfyUI (skipped, with the reason, where no checkout is found).
+
+One session builds a tiny SD1.5-shaped checkpoint and two LoRAs (random weights, nothing downloaded), starts
+a Hearth daemon with its own HEARTH_HOME and /dev/shm folder, and one ComfyUI that uses it. Tests that need
+a process of their own (second process, daemon down) start one more ComfyUI each.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from comfy_support import CKPT, LORA_A, LORA_B, Models, StockRenders, start_comfy
+
+from bench.comfyrun.checkout import find_comfyui
+from bench.comfyrun.daemon import Daemon
+from bench.comfyrun.models import build_checkpoint, build_lora
+from bench.comfyrun.server import ComfyServer, write_extra_model_paths
+
+
+@pytest.fixture(scope="session")
+def comfy_checkout() -> Path:
+    path, why = find_comfyui()
+    if path is None:
+        pytest.skip(why)
+    return path
+
+
+@pytest.fixture(scope="session")
+def models(comfy_checkout: Path, tmp_path_factory: pytest.TempPathFactory) -> Models:
+    root = tmp_path_factory.mktemp("comfy-models")
+    ckpt = build_checkpoint(comfy_checkout, root / "checkpoints" / CKPT)
+    # LoRAs on a handful of UNet and CLIP layers; different seeds, different pictures.
+    build_lora(ckpt, root / "loras" / LORA_A, rank=8, seed=1, unet_layers=8, clip_layers=12)
+    build_lora(ckpt, root / "loras" / LORA_B, rank=8, seed=2, unet_layers=8, clip_layers=12)
+    return Models(root, write_extra_model_paths(root / "extra_model_paths.yaml", root))
+
+
+@pytest.fixture(scope="session")
+def daemon(models: Models, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    shm = Path("/dev/shm") / f"hearth-comfy-tests-{uuid.uuid4().hex[:8]}"
+    d = Daemon(tmp_path_factory.mktemp("hearth-home"), [models.root], shm_dir=shm)
+    try:
+        yield d.start()
+    finally:
+        d.stop()
+        shutil.rmtree(shm, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def comfy(comfy_checkout: Path, models: Models, daemon: Daemon,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComfyServer]:
+    server = start_comfy(comfy_checkout, models, tmp_path_factory.mktemp("comfy-1"), daemon.home)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def stock(comfy: ComfyServer) -> StockRenders:
+    return StockRenders(comfy)

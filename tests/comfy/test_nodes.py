@@ -1,0 +1,122 @@
+"""The Hearth nodes in a real ComfyUI: same pixels as the stock nodes, cache hits across processes,
+LoRA switches without reloads, in-place LoRA writes kept private, and degrade-don't-fail."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from comfy_support import CKPT, LORA_A, LORA_B, hearth_graph, loads, pixels, start_comfy
+
+from bench.comfyrun import graphs
+from bench.comfyrun.daemon import sha256
+
+STACK = [(LORA_A, 1.0, 1.0), (LORA_B, 0.5, 0.7)]
+
+
+def checkpoint_event(run) -> dict:
+    [event] = [e for e in loads(run) if e["kind"] == "checkpoint"]
+    return event
+
+
+def test_hearth_txt2img_gives_the_stock_image(comfy, stock):
+    run = comfy.run(hearth_graph())
+    image = pixels(run)
+    assert image.std() > 1, "a flat image would prove nothing"
+    np.testing.assert_array_equal(image, stock())  # bit-exact: the UNet computes in stock's dtype
+    event = checkpoint_event(run)
+    assert event["status"] in ("hit", "miss") and event["name"] == CKPT and event["node_id"] == "1"
+
+
+def test_lora_stack_gives_the_stock_loraloader_image(comfy, stock):
+    image = pixels(comfy.run(hearth_graph(STACK)))
+    np.testing.assert_array_equal(image, stock(STACK))
+    assert not np.array_equal(image, stock()), "the LoRAs changed nothing"
+
+
+def test_switching_loras_reuses_the_base_model_and_reads_no_file(comfy, stock):
+    switches = ([(LORA_B, 1.0, 1.0)], [(LORA_A, 0.8, 0.3)], [])
+    for loras in switches:
+        stock(loras or None)  # rendered first: a stock graph in between would replace the cached loader
+    comfy.run(hearth_graph([(LORA_A, 1.0, 1.0)]))
+    for loras in switches:
+        run = comfy.run(hearth_graph(loras))
+        assert "1" in run.events("execution_cached")[0]["nodes"], "the base model was loaded again"
+        assert [e["kind"] for e in loads(run)] == ["lora"] * len(loras)
+        assert all(e["status"] in ("hit", "miss") for e in loads(run)), loads(run)  # from the segment
+        np.testing.assert_array_equal(pixels(run), stock(loras or None))  # no LoRA: the base image
+
+
+def _with_hook_lora(graph: dict, lora: str) -> dict:
+    """ComfyUI's hook LoRA (CreateHookLora + SetClipHooks): it patches weights in place while sampling."""
+    graph = {**graph, "h1": {"class_type": "CreateHookLora",
+                             "inputs": {"lora_name": lora, "strength_model": 1.0, "strength_clip": 1.0}},
+             "h2": {"class_type": "SetClipHooks", "inputs": {"clip": ["1", 1], "apply_to_conds": True,
+                                                             "schedule_clip": False, "hooks": ["h1", 0]}}}
+    for node in graph.values():
+        if node["class_type"] == "CLIPTextEncode":
+            node["inputs"]["clip"] = ["h2", 0]
+    return graph
+
+
+def _private_dirty_kib(pid: int, path) -> int:
+    """Private_Dirty of every mapping of `path` in `pid`: pages this process wrote, copied on write."""
+    total, inside = 0, False
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            if "-" in line.split(" ", 1)[0]:  # a mapping's header line
+                inside = line.rstrip().endswith(str(path))
+            elif inside and line.startswith("Private_Dirty:"):
+                total += int(line.split()[1])
+    return total
+
+
+def test_in_place_lora_writes_never_reach_the_shared_segment(comfy, daemon, models, stock):
+    comfy.run(hearth_graph())
+    segment = daemon.segment(models.path("checkpoints", CKPT))
+    before = sha256(segment)
+    run = comfy.run(_with_hook_lora(hearth_graph(), LORA_A))
+    assert not np.array_equal(pixels(run), stock()), "the hook LoRA changed nothing"
+    assert _private_dirty_kib(comfy.proc.pid, segment) > 0, "ComfyUI wrote no weight in place"
+    assert sha256(segment) == before
+
+
+def test_a_second_comfyui_process_gets_a_cache_hit(comfy_checkout, models, daemon, comfy, stock, tmp_path):
+    comfy.run(hearth_graph())  # the first process has loaded the checkpoint, whatever ran before
+    second = start_comfy(comfy_checkout, models, tmp_path, daemon.home)
+    try:
+        run = second.run(hearth_graph())
+        assert checkpoint_event(run)["status"] == "hit"
+        assert f"Hearth checkpoint {CKPT}: cache hit" in second.log()
+        np.testing.assert_array_equal(pixels(run), stock())
+    finally:
+        second.stop()
+
+
+def test_daemon_down_loads_the_stock_way_and_says_why_once(comfy_checkout, models, stock, tmp_path):
+    server = start_comfy(comfy_checkout, models, tmp_path / "comfy", tmp_path / "no-daemon-home")
+    try:
+        for loras in ([(LORA_A, 1.0, 1.0)], [(LORA_B, 1.0, 1.0)]):
+            run = server.run(hearth_graph(loras))
+            np.testing.assert_array_equal(pixels(run), stock(loras))
+            assert {e["status"] for e in loads(run)} == {"fallback"}
+            assert all("not running" in e["reason"] for e in loads(run)), loads(run)
+        assert server.log().count("loading without the cache") == 1, server.log()
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("name", ["hearth_txt2img", "hearth_lora_stack"])
+def test_ui_workflows_hold_the_widget_values_of_the_api_workflows(comfy, name):
+    info = comfy.get("/object_info")
+    ui, api = graphs.load(name), graphs.load(f"{name}_api")
+    for node in ui["nodes"]:
+        spec = info[node["type"]]["input"]
+        widgets = [(k, rest[0] if rest else {}) for section in ("required", "optional")
+                   for k, (kind, *rest) in spec.get(section, {}).items()
+                   if isinstance(kind, list) or kind in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")]
+        values = iter(node["widgets_values"])
+        for key, opts in widgets:
+            assert next(values) == api[str(node["id"])]["inputs"][key], (node["type"], key)
+            if opts.get("control_after_generate"):
+                next(values)  # the frontend's "fixed"/"randomize" companion of a seed
+        assert next(values, None) is None, f"{node['type']} has more widget values than inputs"

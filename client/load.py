@@ -10,12 +10,16 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..errors import DaemonUnavailable, HearthError
 from .connection import Connection, connect
-from .mapping import map_segment
+
+if TYPE_CHECKING:
+    import torch
+
+# torch (and .mapping, which needs it) are imported where a load happens, not here: the package imports
+# this module, and `hearth status` and the other CLI commands must not pay ~2 s for torch they never use.
 
 log = logging.getLogger("hearth.client")
 
@@ -54,18 +58,31 @@ def _connect() -> Connection:
 
 
 def _from_daemon(path: str) -> tuple[dict[str, torch.Tensor], dict]:
+    from .mapping import map_segment
+
     conn = _connect()
     for attempt in (0, 1):
         answer = conn.post("/v1/acquire", {"path": path, "pid": os.getpid()}, timeout=None)
         try:
-            return map_segment(answer["segment"], answer["size"], path), answer
+            tensors = map_segment(answer["segment"], answer["size"], path)
         except FileNotFoundError:
             if attempt:  # evicted between the answer and our open, twice: give up on the cache
                 raise DaemonUnavailable(f"segment of {path} vanished before it could be mapped") from None
+            continue
+        # The lease covered the gap until our flock; from now on the flock says "held", for exactly as
+        # long as the tensors live. Left in place, the lease would keep a model this process has already
+        # dropped unevictable for LEASE_GRACE_S (ComfyUI switching models within the budget).
+        try:
+            conn.post("/v1/release", {"key": answer["key"], "pid": os.getpid()})
+        except HearthError as e:
+            log.debug("release of %s not sent: %s", path, e.message)
+        return tensors, answer
     raise AssertionError("unreachable")
 
 
 def _plain(path: str) -> dict[str, torch.Tensor]:
+    import torch
+
     if path.lower().endswith(PICKLE_EXTS):
         # Never unpickle arbitrary objects: weights_only restricts to tensors and plain containers.
         sd = torch.load(path, map_location="cpu", weights_only=True)
@@ -99,6 +116,8 @@ def load(path: str) -> Loaded:
 
 def load_state_dict(path: str, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """Return the file's tensors; never fails where a plain safetensors or weights-only load succeeds."""
+    import torch
+
     sd = load(path).tensors
     if torch.device(device).type != "cpu":
         sd = {k: v.to(device) for k, v in sd.items()}

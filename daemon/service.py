@@ -95,6 +95,9 @@ class Service:
         self.settings = Settings(home / "config.json")
         self.index_path = home / "index.json"
         self.entries: dict[str, Entry] = {}
+        # Evicted segments that clients still map: unlinked, their memory counted until the last holder
+        # lets go. Kept apart from `entries` because a refill of the same file takes the same key meanwhile.
+        self.stale: list[Entry] = []
         self._fills: dict[str, asyncio.Future] = {}
         self._slots = asyncio.Semaphore(self.settings["max_fills"])
         self._registered_roots: set[str] = set()
@@ -263,7 +266,7 @@ class Service:
         self._emit("fill", key=entry.key, path=entry.source.path, done=done, total=entry.size)
 
     def used(self) -> int:
-        return sum(e.size for e in self.entries.values())
+        return sum(e.size for e in self.entries.values()) + sum(e.size for e in self.stale)
 
     def budget(self) -> int:
         return resolve_budget(self.settings["budget"])
@@ -273,10 +276,20 @@ class Service:
         if need > budget:
             raise OverBudget(f"{source.path} needs {format_size(need)} but the budget is "
                              f"{format_size(budget)}; raise it with `hearth config budget SIZE`")
-        victims = choose_victims(self.entries.values(), self.used(), need, budget)
+        used = self.used()
+        victims = choose_victims(self.entries.values(), used, need, budget)
         if victims is None:
-            raise OverBudget(f"{source.path} needs {format_size(need)}; {format_size(self.used())} of the "
+            raise OverBudget(f"{source.path} needs {format_size(need)}; {format_size(used)} of the "
                              f"{format_size(budget)} budget is held or pinned")
+        # The tmpfs is shared with the rest of the machine (and a budget may exceed it): when its free space
+        # is short, unheld segments make room there too, least recently used first, before refusing.
+        room = used + shm_free()
+        if room < budget:
+            victims = choose_victims(self.entries.values(), used, need, room)
+            if victims is None:
+                raise ShmFull(f"{shm_dir()} has {format_size(shm_free())} free, {source.path} needs "
+                              f"{format_size(need)}, and the cached models there are held or pinned; "
+                              f"enlarge it (Docker: --shm-size) or lower the budget")
         for v in victims:
             self._drop(v, "evicted (LRU)")
             self.stats["evictions"] += 1
@@ -289,19 +302,22 @@ class Service:
         segments.unlink(entry.key)
         if entry.state == "filling":
             return
+        if self.entries.get(entry.key) is entry:
+            del self.entries[entry.key]
         if entry.held():
             entry.state = "stale"
+            self.stale.append(entry)
         else:
-            self._forget(entry)
+            self._close(entry)
         log.info("%s: %s", entry.source.path, why)
         self._emit("cache", action="evicted", key=entry.key, path=entry.source.path, reason=why,
                    pending=entry.state == "stale")
 
-    def _forget(self, entry: Entry) -> None:
+    def _close(self, entry: Entry) -> None:
+        """Let go of a segment that is out of `entries` (its name is gone; its memory goes with this fd)."""
         if entry.fd >= 0:
             os.close(entry.fd)
             entry.fd = -1
-        self.entries.pop(entry.key, None)
 
     def _invalidate_other_versions(self, source: SourceId) -> None:
         for e in list(self.entries.values()):
@@ -322,13 +338,15 @@ class Service:
         """Drop leases of dead or lapsed clients, free stale segments, notice changed source files."""
         now = time.time()
         changed = False
-        for e in list(self.entries.values()):
+        for e in [*self.entries.values(), *self.stale]:
             for pid, t in list(e.leases.items()):
                 if now - t > LEASE_GRACE_S or not _pid_alive(pid):
                     del e.leases[pid]
-            if e.state == "stale" and not e.held():
-                self._forget(e)
-                changed = True
+            if e.state == "stale":
+                if not e.held():
+                    self.stale.remove(e)
+                    self._close(e)
+                    changed = True
             elif e.state == "ready":
                 try:
                     current = SourceId.of(e.source.path)
@@ -344,11 +362,12 @@ class Service:
     # ---- release, preload, evict, pin -------------------------------------------------------------
 
     def release(self, key: Any, pid: int | None) -> dict:
-        entry = self.entries.get(key) if isinstance(key, str) else None
-        if entry is None:
+        found = [e for e in [*self.entries.values(), *self.stale] if e.key == key]
+        if not found:
             raise NotFound(f"no segment {key!r}")
-        entry.leases.pop(pid, None)
-        return {"key": key, "holders": entry.holders()}
+        for e in found:
+            e.leases.pop(pid, None)
+        return {"key": key, "holders": sorted({p for e in found for p in e.holders()})}
 
     async def preload(self, paths: Any) -> dict:
         """Queue background fills; answer at once with what was queued and what was refused."""
@@ -450,7 +469,7 @@ class Service:
                 {"key": e.key, "path": e.source.path, "size": e.size, "state": e.state, "filled": e.filled,
                  "hits": e.hits, "last_use": e.last_use, "pinned": e.pinned, "tensors": e.tensors,
                  "holders": e.holders(), "fill_seconds": e.fill_seconds}
-                for e in sorted(self.entries.values(), key=lambda e: -e.last_use)],
+                for e in sorted([*self.entries.values(), *self.stale], key=lambda e: -e.last_use)],
         }
 
     def subscribe(self) -> asyncio.Queue:

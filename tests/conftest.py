@@ -8,6 +8,7 @@ that folder, nothing else.
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import itertools
 import json
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from safetensors.torch import _TYPES
 
@@ -89,6 +90,11 @@ def make_sparse_model(path: Path, big_bytes: int, seed: int = 0) -> Path:
     return Path(path)
 
 
+def reference(path) -> dict[str, torch.Tensor]:
+    """The stock load, copied: load_file maps the file, so its tensors would follow a later rewrite."""
+    return {k: v.clone() for k, v in load_file(str(path)).items()}
+
+
 def raw(t: torch.Tensor) -> bytes:
     """The tensor's bytes, whatever its dtype (bf16 and fp8 have no numpy twin)."""
     if t.numel() == 0:
@@ -102,7 +108,12 @@ def assert_same_tensors(got: dict, want: dict) -> None:
     for k in want:
         assert got[k].dtype == want[k].dtype, k
         assert got[k].shape == want[k].shape, k
-        assert raw(got[k]) == raw(want[k]), k
+        assert torch.equal(u8(got[k]), u8(want[k])), k
+
+
+def u8(t: torch.Tensor) -> torch.Tensor:
+    """The tensor's bytes as a uint8 tensor (compared bitwise: NaNs and -0.0 included)."""
+    return t.contiguous().reshape(-1).view(torch.uint8) if t.numel() else torch.empty(0, dtype=torch.uint8)
 
 
 def set_mtime_ns(path: Path, mtime_ns: int) -> None:
@@ -220,6 +231,15 @@ class Daemon:
                 return s
         return None
 
+    @property
+    def prefix(self) -> str:
+        """`hearth-<uid>-<hash of HEARTH_HOME>-`, as daemon/segments.py names this daemon's segments."""
+        home = os.path.realpath(self.home)
+        return f"hearth-{UID}-{hashlib.blake2b(home.encode(), digest_size=3).hexdigest()}-"
+
+    def seg_name(self, key: str) -> str:
+        return self.prefix + key
+
     def shm_names(self) -> list[str]:
         return sorted(os.listdir(self.shm))
 
@@ -278,11 +298,11 @@ import safetensors.torch
 from comfyui_hearth.client import load, load_state_dict
 def say(**kw):
     print(json.dumps(kw), flush=True)
-def raw(t):
-    return b"" if t.numel() == 0 else t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+def u8(t):
+    return t.contiguous().reshape(-1).view(torch.uint8) if t.numel() else torch.empty(0, dtype=torch.uint8)
 def same(a, b):
     return set(a) == set(b) and all(a[k].dtype == b[k].dtype and a[k].shape == b[k].shape
-                                    and raw(a[k]) == raw(b[k]) for k in b)
+                                    and torch.equal(u8(a[k]), u8(b[k])) for k in b)
 """
 
 
@@ -342,8 +362,9 @@ def in_process(daemon, monkeypatch):
     for k, v in daemon.env.items():
         if k.startswith("HEARTH_"):
             monkeypatch.setenv(k, v)
-    from comfyui_hearth.client import load as load_mod  # noqa: F401 - make sure the module is imported
-    import comfyui_hearth.client.load as cl
+    import importlib
 
+    # (`import comfyui_hearth.client.load` would name the function `load`, not the module)
+    cl = importlib.import_module("comfyui_hearth.client.load")
     monkeypatch.setattr(cl, "_said", set())  # "once per reason per process": start each test afresh
     return daemon

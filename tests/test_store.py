@@ -1,0 +1,447 @@
+"""The segment store through a real daemon, real tmpfs and real client processes: fill, hit, copy-on-write,
+invalidation, single flight, budget and LRU, holders, pin, explicit evict, a full tmpfs."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+from safetensors import safe_open
+
+from conftest import UID, assert_same_tensors, make_model, make_sparse_model, reference, set_mtime_ns
+
+MB = 1 << 20
+
+
+def _load(path):
+    from comfyui_hearth.client import load
+
+    return load(str(path))
+
+
+def hold_code(path: Path) -> str:
+    """A client that loads `path`, says how, keeps its tensors until told, then checks them again."""
+    return f"""
+    r = load({str(path)!r})
+    ref = safetensors.torch.load_file({str(path)!r})
+    say(cached=r.cached, hit=r.hit, key=r.key, reason=r.reason, same=same(r.tensors, ref), pid=os.getpid())
+    sys.stdin.readline()
+    say(same=same(r.tensors, ref))
+    """
+
+
+def _fd_targets(pid: int) -> list[str]:
+    out = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            out.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            pass
+    return out
+
+
+# ---- fill and hit ---------------------------------------------------------------------------------
+
+def test_round_trip_is_byte_exact(in_process):
+    d = in_process
+    meta = {"format": "pt", "modelspec.title": "tëst", "empty": ""}
+    path = make_model(d.models / "rt.safetensors", seed=1, metadata=meta)
+    want = safetensors.torch.load_file(str(path))
+
+    first = _load(path)
+    assert first.cached and not first.hit, first.reason
+    assert_same_tensors(first.tensors, want)
+
+    seg = d.shm / d.seg_name(first.key)
+    assert seg.read_bytes() == path.read_bytes()  # a byte-exact image, header and metadata included
+    assert stat.S_IMODE(seg.stat().st_mode) == 0o600
+    with safe_open(str(seg), framework="pt") as f:  # anyone can open a segment with safetensors
+        assert f.metadata() == meta
+
+    assert d.acquire(path)["segment"] == str(seg)
+    second = _load(path)
+    assert second.cached and second.hit and second.key == first.key
+    assert_same_tensors(second.tensors, want)
+
+    # zero copy: non-empty tensors are views into one mapping, at the header's offsets
+    with safe_open(str(path), framework="pt") as f:
+        offsets = {k: f.get_slice(k) for k in f.keys()}
+    assert offsets
+    views = {k: v for k, v in second.tensors.items() if v.numel()}
+    base = min(v.data_ptr() for v in views.values())
+    header = path.read_bytes()
+    n = int.from_bytes(header[:8], "little")
+    import json
+
+    doc = json.loads(header[8:8 + n])
+    first_begin = min(doc[k]["data_offsets"][0] for k in views)
+    for k, v in views.items():
+        assert v.data_ptr() - base == doc[k]["data_offsets"][0] - first_begin, k
+
+
+def test_file_without_tensors_and_sft_extension(in_process):
+    d = in_process
+    only_meta = make_model(d.models / "meta.sft", tensors={}, metadata={"a": "b"})
+    r = _load(only_meta)
+    assert r.cached and r.tensors == {}
+    empties = make_model(d.models / "empties.safetensors",
+                         tensors={"e": __import__("torch").zeros(0, 5), "f": __import__("torch").zeros(2, 0)})
+    r = _load(empties)
+    assert r.cached, r.reason
+    assert_same_tensors(r.tensors, safetensors.torch.load_file(str(empties)))
+
+
+def test_second_acquire_is_a_hit_without_reading_the_file(in_process):
+    """Proof that a hit reads nothing: the file's bytes change under an unchanged stat tuple, and the hit
+    still serves the first bytes; the daemon's read counter (which counts sendfile) barely moves.
+    (chmod 000 proves nothing here: the tests run as root, which reads any file.)"""
+    d = in_process
+    path = make_model(d.models / "hit.safetensors", seed=3, numel=256 * 1024)  # ~1 MiB
+    want = reference(path)
+    a = d.acquire(path)
+    assert not a["hit"]
+
+    st = os.stat(path)
+    other = make_model(d.root / "other.safetensors", seed=4, numel=256 * 1024).read_bytes()
+    assert len(other) == st.st_size and other != path.read_bytes()
+    with open(path, "r+b") as f:  # same inode, same size ...
+        f.write(other)
+    set_mtime_ns(path, st.st_mtime_ns)  # ... and same mtime: the key's stat tuple is unchanged
+    st2 = os.stat(path)
+    assert (st2.st_ino, st2.st_size, st2.st_mtime_ns) == (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    before = d.io()
+    b = d.acquire(path)
+    after = d.io()
+    assert b["hit"] and b["key"] == a["key"]
+    assert after["rchar"] - before["rchar"] < 64 * 1024, (before, after)  # the request, not a 1 MiB file
+
+    got = _load(path)
+    assert got.hit
+    assert_same_tensors(got.tensors, want)  # the first fill's bytes: nothing was read again
+    assert d.status()["stats"]["fills"] == 1
+
+
+# ---- copy-on-write ----------------------------------------------------------------------------------
+
+def test_copy_on_write_between_processes(daemon):
+    d = daemon
+    path = make_model(d.models / "cow.safetensors", seed=5)
+    source = path.read_bytes()
+    writer = d.client(f"""
+    r = load({str(path)!r})
+    t = r.tensors["model.f32"]
+    t.fill_(7.0)                                   # ComfyUI patching a weight in place
+    maps = [l.split()[1] for l in open("/proc/self/maps") if r.key in l]
+    say(cached=r.cached, maps=maps, mine=bool((t == 7).all()))
+    sys.stdin.readline()
+    say(mine=bool((t == 7).all()))
+    """)
+    reader = d.client(f"""
+    sys.stdin.readline()
+    r = load({str(path)!r})
+    ref = safetensors.torch.load_file({str(path)!r})
+    say(cached=r.cached, hit=r.hit, same=same(r.tensors, ref), sevens=bool((r.tensors["model.f32"] == 7).any()))
+    """)
+    w = writer.read()
+    assert w["cached"] and w["mine"]
+    assert w["maps"] and all(m == "rw-p" for m in w["maps"]), w["maps"]  # private, never a shared writable map
+
+    seg = next(d.shm.glob(f"hearth-{UID}-*"))
+    assert seg.read_bytes() == source  # the cache is untouched by the write
+
+    reader.tell()
+    rc, out, err = reader.finish()
+    assert rc == 0, err
+    assert out == [{"cached": True, "hit": True, "same": True, "sevens": False}]
+
+    writer.tell()
+    rc, out, err = writer.finish()
+    assert rc == 0, err
+    assert out[-1] == {"mine": True}  # the writer still sees its own write
+    assert seg.read_bytes() == source
+
+
+# ---- invalidation -----------------------------------------------------------------------------------
+
+def _rewrite(path: Path, root: Path) -> None:
+    make_model(path, seed=11)
+
+
+def _touch(path: Path, root: Path) -> None:
+    os.utime(path)
+
+
+def _replace(path: Path, root: Path) -> None:
+    tmp = make_model(path.with_suffix(".tmp"), seed=12)
+    os.replace(tmp, path)
+
+
+@pytest.mark.parametrize("change", [_rewrite, _touch, _replace], ids=["rewritten", "touched", "replaced"])
+def test_changed_file_is_refilled_and_old_segment_removed(in_process, change):
+    d = in_process
+    path = make_model(d.models / "inv.safetensors", seed=10)
+    a = _load(path)
+    assert a.cached
+    old_name = d.seg_name(a.key)
+    assert old_name in d.final_names()
+    old_mtime = os.stat(path).st_mtime_ns
+    a_key = a.key
+    del a
+
+    change(path, d.root)
+    if os.stat(path).st_mtime_ns == old_mtime:  # a coarse clock may give the same tick (see the report)
+        set_mtime_ns(path, old_mtime + 1_000_000)
+
+    b = _load(path)
+    assert b.cached and not b.hit and b.key != a_key
+    assert_same_tensors(b.tensors, safetensors.torch.load_file(str(path)))
+    assert old_name not in d.final_names()
+    assert [s["key"] for s in d.status()["segments"]] == [b.key]
+
+
+def test_sweep_drops_segment_of_changed_file_without_a_request(daemon):
+    d = daemon
+    path = make_model(d.models / "sweep.safetensors")
+    key = d.acquire(path)["key"]
+    os.utime(path, ns=(0, 123_456_789))
+    d.wait_for(lambda: d.status()["segments"] == [], what="the sweep to drop the changed file's segment")
+    assert d.seg_name(key) not in d.final_names()
+    path.unlink()
+    other = make_model(d.models / "gone.safetensors")
+    d.acquire(other)
+    other.unlink()
+    d.wait_for(lambda: d.status()["segments"] == [], what="the sweep to drop a deleted file's segment")
+    assert d.final_names() == []
+
+
+# ---- single flight ----------------------------------------------------------------------------------
+
+def test_concurrent_acquires_fill_once(daemon):
+    d = daemon
+    path = make_sparse_model(d.models / "big.safetensors", 128 * MB)  # a fill long enough to overlap
+    code = f"""
+    say(ready=True)
+    sys.stdin.readline()
+    r = load({str(path)!r})
+    ref = safetensors.torch.load_file({str(path)!r})
+    say(cached=r.cached, hit=r.hit, same=same(r.tensors, ref))
+    """
+    clients = [d.client(code) for _ in range(3)]
+    for c in clients:  # every client has imported torch and waits on stdin
+        assert c.read() == {"ready": True}
+    for c in clients:
+        c.tell()
+    results = []
+    for c in clients:
+        rc, out, err = c.finish()
+        assert rc == 0, err
+        results += out
+    assert all(r["cached"] and r["same"] for r in results), results
+    stats = d.status()["stats"]
+    assert stats["fills"] == 1, stats
+    assert stats["hits"] + stats["misses"] == 3
+    assert sum(not r["hit"] for r in results) >= 2, results  # at least two waited on the same fill
+
+
+# ---- budget, LRU, holders ---------------------------------------------------------------------------
+
+def _sized(d, name: str, seed: int) -> Path:
+    return make_model(d.models / f"{name}.safetensors", seed=seed, numel=250_000)  # ~1.0 MB
+
+
+def test_budget_evicts_lru_unheld_never_held_or_pinned(make_daemon, monkeypatch):
+    d = make_daemon(env={"HEARTH_BUDGET": "2.5M"})
+    a, b, c, e, f = (_sized(d, n, i) for i, n in enumerate("abcef"))
+    holder = d.client(hold_code(a))
+    h = holder.read()
+    assert h["cached"] and h["same"], h
+    time.sleep(0.01)
+    d.acquire(b)                            # newer than a, but nobody holds it
+    assert {s["path"] for s in d.status()["segments"]} == {str(a), str(b)}
+
+    d.acquire(c)                            # needs room: the least recently used *unheld* one goes
+    segs = {s["path"]: s for s in d.status()["segments"]}
+    assert set(segs) == {str(a), str(c)}
+    assert holder.pid in segs[str(a)]["holders"]
+    assert d.status()["stats"]["evictions"] == 1
+
+    pin = d.ok("POST", "/v1/pin", {"path": str(c)})
+    assert pin["pinned"]
+    status, doc = d.api("POST", "/v1/acquire", {"path": str(e)})   # a held, c pinned: nothing can go
+    assert status == 507 and doc["error"]["code"] == "over_budget", doc
+    assert "budget" in doc["error"]["message"]
+    assert {s["path"] for s in d.status()["segments"]} == {str(a), str(c)}
+    assert d.segment(a)["state"] == "ready" and d.segment(c)["pinned"]
+
+    # the client falls back to a stock load, with the reason
+    for k, v in d.env.items():
+        if k.startswith("HEARTH_"):
+            monkeypatch.setenv(k, v)
+    r = _load(e)
+    assert not r.cached and "budget" in r.reason
+    assert_same_tensors(r.tensors, safetensors.torch.load_file(str(e)))
+
+    # the holder still has correct tensors; when it lets go, its segment becomes the LRU victim
+    holder.tell()
+    rc, out, err = holder.finish()
+    assert rc == 0 and out[-1] == {"same": True}, err
+    d.wait_for(lambda: d.segment(a)["holders"] == [], what="the holder to be gone")
+    d.acquire(e)
+    assert {s["path"] for s in d.status()["segments"]} == {str(c), str(e)}
+
+    status, doc = d.api("POST", "/v1/acquire", {"path": str(make_model(d.models / "huge.safetensors",
+                                                                         numel=1_000_000))})
+    assert status == 507 and doc["error"]["code"] == "over_budget"
+
+
+def test_one_process_switching_models_within_budget(in_process, monkeypatch):
+    """ComfyUI loads model A, drops it, loads B: with room for one model, B must be cached (A evicted)."""
+    import gc
+
+    d = in_process
+    d.ok("POST", "/v1/config", {"budget": "1.5M"})
+    a, b = _sized(d, "a", 1), _sized(d, "b", 2)
+    ra = _load(a)
+    assert ra.cached
+    del ra
+    gc.collect()
+    rb = _load(b)
+    assert rb.cached, rb.reason
+    assert [s["path"] for s in d.status()["segments"]] == [str(b)]
+
+
+def test_killed_client_lease_and_hold_are_dropped(daemon):
+    d = daemon
+    a = make_model(d.models / "a.safetensors")
+    holder = d.client(hold_code(a))
+    assert holder.read()["cached"]
+    seg = d.segment(a)
+    assert seg["holders"] == [holder.pid]
+    holder.proc.kill()
+    holder.proc.wait()
+    d.wait_for(lambda: d.segment(a) is None or d.segment(a)["holders"] == [], timeout=5,
+               what="the killed client's hold to go")
+
+
+def test_killed_client_segment_becomes_evictable(make_daemon):
+    d = make_daemon(env={"HEARTH_BUDGET": "1.5M"})
+    a, b = _sized(d, "a", 1), _sized(d, "b", 2)
+    holder = d.client(hold_code(a))
+    assert holder.read()["cached"]
+    status, doc = d.api("POST", "/v1/acquire", {"path": str(b)})
+    assert status == 507 and doc["error"]["code"] == "over_budget"
+    holder.proc.kill()
+    holder.proc.wait()
+    d.wait_for(lambda: d.segment(a)["holders"] == [], timeout=5, what="the killed client's hold to go")
+    d.acquire(b)
+    assert [s["path"] for s in d.status()["segments"]] == [str(b)]
+
+
+def test_explicit_evict_of_held_segment(daemon):
+    d = daemon
+    a = make_model(d.models / "held.safetensors", numel=250_000)
+    holder = d.client(hold_code(a))
+    h = holder.read()
+    assert h["cached"]
+    name = d.seg_name(h["key"])
+    used = d.status()["used"]
+
+    ans = d.ok("POST", "/v1/evict", {"path": str(a)})
+    assert ans["evicted"] == []
+    assert [p["path"] for p in ans["pending"]] == [str(a)] and holder.pid in ans["pending"][0]["holders"]
+    assert name not in d.final_names()               # no new holder can map it
+    st = d.status()
+    assert st["used"] == used                         # the budget counts it until the holders let go
+    assert [s["state"] for s in st["segments"]] == ["stale"]
+
+    # a new load refills under the same key, while the old copy is still held
+    b = d.acquire(a)
+    assert not b["hit"] and b["key"] == h["key"] and name in d.final_names()
+    assert d.status()["used"] == 2 * used
+
+    holder.tell()
+    rc, out, err = holder.finish()
+    assert rc == 0 and out[-1] == {"same": True}, err  # the holder read correct tensors after the evict
+    d.wait_for(lambda: d.status()["used"] == used, timeout=5, what="the stale copy to be freed")
+    # the memory is really freed: the daemon keeps no descriptor of the unlinked copy
+    assert not [t for t in _fd_targets(d.proc.pid) if name in t and "deleted" in t]
+    assert [s["state"] for s in d.status()["segments"]] == ["ready"]
+
+
+def test_pin_prevents_lru_eviction(make_daemon):
+    d = make_daemon(env={"HEARTH_BUDGET": "2.5M"})
+    a, b, c, e = (_sized(d, n, i) for i, n in enumerate("abce"))
+    assert d.ok("POST", "/v1/pin", {"path": str(a)})["pinned"]
+    d.wait_for(lambda: (s := d.segment(a)) and s["state"] == "ready", what="pin to fill")
+    assert d.segment(a)["pinned"]
+    time.sleep(0.01)
+    d.acquire(b)
+    d.acquire(c)                                      # a is the oldest, but pinned: b goes
+    assert {s["path"] for s in d.status()["segments"]} == {str(a), str(c)}
+    d.ok("POST", "/v1/pin", {"path": str(a), "pinned": False})
+    assert not d.segment(a)["pinned"]
+    d.acquire(e)                                      # now a is the LRU victim
+    assert {s["path"] for s in d.status()["segments"]} == {str(c), str(e)}
+    assert d.ok("GET", "/v1/config")["pinned"] == []
+
+
+def test_budget_lowered_by_config_shrinks_cache(daemon):
+    d = daemon
+    paths = [_sized(d, f"m{i}", i) for i in range(3)]
+    for p in paths:
+        d.acquire(p)
+        time.sleep(0.01)
+    cfg = d.ok("POST", "/v1/config", {"budget": "1.5M"})
+    assert cfg["budget"] == "1.5M" and cfg["budget_bytes"] == int(1.5 * MB)
+    assert [s["path"] for s in d.status()["segments"]] == [str(paths[2])]  # the most recent stays
+
+
+# ---- a full tmpfs -----------------------------------------------------------------------------------
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    mnt = tmp_path / "small-shm"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs", str(mnt)],
+                       capture_output=True, text=True)
+    if r.returncode:
+        pytest.skip(f"cannot mount a small tmpfs to fill up: {r.stderr.strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_full_tmpfs_is_shm_full_and_client_falls_back(make_daemon, small_tmpfs, monkeypatch):
+    d = make_daemon(env={"HEARTH_BUDGET": "1G"}, shm=small_tmpfs)
+    big = make_model(d.models / "big.safetensors", numel=2_500_000)  # 10 MB > 8 MB of tmpfs
+    status, doc = d.api("POST", "/v1/acquire", {"path": str(big)})
+    assert status == 507 and doc["error"]["code"] == "shm_full", doc
+    assert str(small_tmpfs) in doc["error"]["message"]
+    assert os.listdir(small_tmpfs) == []              # nothing left behind
+    for k, v in d.env.items():
+        if k.startswith("HEARTH_"):
+            monkeypatch.setenv(k, v)
+    r = _load(big)
+    assert not r.cached and r.reason
+    assert_same_tensors(r.tensors, safetensors.torch.load_file(str(big)))
+    # the daemon keeps serving, and fits what fits
+    small = make_model(d.models / "small.safetensors")
+    assert _load(small).cached
+
+
+def test_full_tmpfs_evicts_unheld_segments_to_make_room(make_daemon, small_tmpfs):
+    d = make_daemon(env={"HEARTH_BUDGET": "1G"}, shm=small_tmpfs)
+    a = make_model(d.models / "a.safetensors", numel=1_250_000)   # 5 MB
+    b = make_model(d.models / "b.safetensors", numel=1_250_000, seed=1)
+    d.acquire(a)
+    d.acquire(b)   # the budget allows both; the tmpfs holds one: a, unheld, makes room
+    assert [s["path"] for s in d.status()["segments"]] == [str(b)]
+    holder = d.client(hold_code(b))
+    assert holder.read()["cached"]
+    status, doc = d.api("POST", "/v1/acquire", {"path": str(a)})   # b is held: no room
+    assert status == 507 and doc["error"]["code"] == "shm_full", doc

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from ..errors import BadRequest, HearthError, Unauthorized
+from ..errors import BadRequest, HearthError, NotFound, Unauthorized
 from ..version import PROTOCOL, __version__
 from .service import Service
 
@@ -53,7 +53,17 @@ async def guard(request: web.Request, handler):
     except HearthError as e:
         return _error(e)
     except web.HTTPRequestEntityTooLarge:
-        return _error(BadRequest(f"request body over {MAX_BODY} bytes"))
+        return web.json_response(BadRequest(f"request body over {MAX_BODY} bytes").to_dict(), status=413)
+    except web.HTTPNotFound:
+        return _error(NotFound(f"no route {request.method} {request.path}"))
+    except web.HTTPMethodNotAllowed:
+        return web.json_response(BadRequest(f"{request.method} is not allowed on {request.path}").to_dict(),
+                                 status=405)
+    except web.HTTPException:
+        raise  # aiohttp's own answers (websocket upgrade refusals, the panel's files)
+    except Exception:  # noqa: BLE001 - every error of the API is JSON, a bug included; the daemon goes on
+        log.exception("internal error in %s %s", request.method, request.path)
+        return _error(HearthError(f"internal error in {request.method} {request.path}; see the daemon's log"))
 
 
 async def _body(request: web.Request) -> dict:

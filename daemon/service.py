@@ -80,6 +80,13 @@ def _within(path: str, root: str) -> bool:
         return False
 
 
+def _real_path(path: Any) -> str:
+    """The real path of a path a request gave; a string with a NUL byte would make os calls raise."""
+    if not isinstance(path, str) or not path or "\0" in path:
+        raise BadRequest("path must be a non-empty string without NUL bytes")
+    return os.path.realpath(os.path.expanduser(path))
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
@@ -173,13 +180,13 @@ class Service:
 
     def resolve(self, path: Any) -> SourceId:
         """The identity of an allowed model file, or a typed error saying why it is not allowed."""
-        if not isinstance(path, str) or not path:
-            raise BadRequest("path must be a non-empty string")
-        real = os.path.realpath(os.path.expanduser(path))
+        real = _real_path(path)
         try:
             st = os.stat(real)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             raise NotFound(f"{path}: no such file") from None
+        except OSError as e:  # a name too long, a loop of links: a refusal, never a server error
+            raise NotAllowed(f"{path}: {e.strerror}") from None
         if not stat.S_ISREG(st.st_mode):
             raise NotAllowed(f"{path}: not a regular file")
         if not real.lower().endswith(MODEL_EXTS):
@@ -394,9 +401,7 @@ class Service:
             self._emit("cache", action="failed", path=source.path, error=e.to_dict()["error"])
 
     def _entries_for(self, path: Any) -> list[Entry]:
-        if not isinstance(path, str) or not path:
-            raise BadRequest("path must be a non-empty string")
-        real = os.path.realpath(os.path.expanduser(path))
+        real = _real_path(path)
         return [e for e in self.entries.values() if e.source.path == real or e.key == path]
 
     def evict(self, path: Any = None, all: bool = False) -> dict:
@@ -421,7 +426,7 @@ class Service:
             self._set_pinned(source.path, True)
             result = await self.preload([source.path])
         else:
-            real = os.path.realpath(os.path.expanduser(str(path)))
+            real = _real_path(path)
             self._set_pinned(real, False)
             result = {}
         return {"path": os.path.realpath(str(path)), "pinned": pinned, **result}

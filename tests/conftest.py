@@ -368,3 +368,12 @@ def in_process(daemon, monkeypatch):
     cl = importlib.import_module("comfyui_hearth.client.load")
     monkeypatch.setattr(cl, "_said", set())  # "once per reason per process": start each test afresh
     return daemon
+
+
+@pytest.fixture(scope="module")
+def shared_daemon(tmp_path_factory):
+    """One daemon for a module's tests that change nothing lasting (refusals, reads): saves the starts."""
+    d = Daemon(tmp_path_factory.mktemp("shared"))
+    d.start()
+    yield d
+    d.cleanup()

@@ -1,5 +1,6 @@
 """Hearth's ComfyUI nodes (V1 node API). The only package of Hearth that imports ComfyUI."""
 
+from . import routes  # noqa: F401 - the panel's /hearth/ routes and event relay (inside ComfyUI's server)
 from .checkpoint import HearthCheckpointLoader
 from .lora import HearthLoraSwapper
 

@@ -1,0 +1,348 @@
+// Hearth's panel: one renderer for two transports (ComfyUI's /hearth/ routes and the daemon's /v1).
+// Pure exports, no side effects on import (ComfyUI loads every .js under web/ as an extension).
+//
+// A transport is an object with:
+//   kind: "comfy" | "daemon"
+//   status(): Promise<doc>        doc = {daemon: "up", ...the daemon's status} or {daemon: "down", reason}
+//   preload(target), evict(segment | null for all), pin(segment, pinned): Promise<answer>; throw Error(message)
+//   connect(onEvent, onLive): () => void   events as the daemon sends them ({type: status|fill|cache|strategy}),
+//                                          plus {type: "down", reason} and {type: "load", ...a node's load}
+//   models?(): Promise<{checkpoints: [], loras: []}>   (ComfyUI only: names for the preload picker)
+
+import { ago, bar, basename, bytes, clock, h, pct } from "./dom.js";
+
+const REFRESH_MS = 5000;
+const ACTIVITY = 12;
+
+export function createPanel(root, transport, options = {}) {
+  const notify = options.notify || ((msg, level) => showMessage(msg, level));
+  const state = { doc: null, live: "connecting", activity: [], models: null, message: null, busy: new Set() };
+  let timer = null, pending = null, refetch = null, closed = false, stopEvents = null;
+
+  const view = {
+    status: h("span.hearth-state", {}, "connecting…"),
+    live: h("span.hearth-live", {}),
+    summary: h("section.hearth-summary"),
+    cache: h("section.hearth-cache"),
+    strategy: h("section.hearth-strategy"),
+    activity: h("section.hearth-activity"),
+    message: h("div.hearth-message", { role: "status" }),
+  };
+  const preload = buildPreload();
+  const panel = h("div.hearth-panel", { dataset: { transport: transport.kind } },
+    h("header.hearth-header", {},
+      h("h2.hearth-title", {}, "Hearth"), view.status, view.live,
+      h("button.hearth-btn.hearth-refresh", { type: "button", title: "Refresh now", onclick: () => refresh() }, "Refresh")),
+    view.message, view.summary, preload.el, view.cache, view.strategy, view.activity);
+  root.replaceChildren(panel);
+
+  // ---- data ------------------------------------------------------------------------------------
+
+  async function refresh() {
+    try {
+      state.doc = await transport.status();
+    } catch (e) {
+      state.doc = { daemon: "down", reason: e.message || String(e) };
+    }
+    schedule();
+  }
+
+  function refreshSoon() {
+    clearTimeout(refetch);
+    refetch = setTimeout(refresh, 250);
+  }
+
+  function onEvent(ev) {
+    if (!ev || typeof ev !== "object") return;
+    const doc = state.doc;
+    switch (ev.type) {
+      case "status": {
+        const { type, ...rest } = ev;
+        state.doc = { daemon: "up", ...rest };
+        break;
+      }
+      case "down":
+        state.doc = { daemon: "down", reason: ev.reason || "the daemon stopped" };
+        refreshSoon(); // the status route says why in its own words
+        break;
+      case "fill": {
+        const seg = doc?.segments?.find((s) => s.key === ev.key);
+        if (seg) { seg.filled = ev.done; seg.size = ev.total || seg.size; } else refreshSoon();
+        break;
+      }
+      case "cache":
+        if (ev.action === "filling" && doc?.segments && !doc.segments.some((s) => s.key === ev.key)) {
+          doc.segments.unshift({ key: ev.key, path: ev.path, name: ev.name, folder: ev.folder, size: ev.size,
+            state: "filling", filled: 0, hits: 0, holders: [], pinned: false, last_use: ev.time });
+        }
+        log(ev.time, cacheText(ev), ev.action === "failed" ? "error" : "");
+        refreshSoon();
+        break;
+      case "strategy": {
+        const { type, time, ...plan } = ev;
+        if (doc && doc.daemon !== "down") doc.strategy = plan;
+        log(time, `VRAM strategy: ${plan.strategy ?? "?"}${plan.model ? ` for ${plan.model}` : ""}`);
+        break;
+      }
+      case "load":
+        log(ev.time, loadText(ev), ev.status === "fallback" ? "warn" : "");
+        break;
+      default:
+        return;
+    }
+    schedule();
+  }
+
+  function onLive(live) {
+    state.live = live;
+    if (live === "connected") refresh();
+    schedule();
+  }
+
+  function log(time, text, level = "") {
+    state.activity.unshift({ time: typeof time === "number" ? time : Date.now() / 1000, text, level });
+    state.activity.length = Math.min(state.activity.length, ACTIVITY);
+  }
+
+  async function act(id, fn, done) {
+    if (state.busy.has(id)) return;
+    state.busy.add(id);
+    schedule();
+    try {
+      const answer = await fn();
+      if (done) done(answer);
+    } catch (e) {
+      notify(e.message || String(e), "error");
+    } finally {
+      state.busy.delete(id);
+      refreshSoon();
+    }
+  }
+
+  function showMessage(msg, level = "info") {
+    state.message = msg ? { msg, level, until: Date.now() + 8000 } : null;
+    schedule();
+  }
+
+  // ---- rendering --------------------------------------------------------------------------------
+
+  function schedule() {
+    if (pending || closed) return;
+    pending = setTimeout(() => { pending = null; render(); }, 30);
+  }
+
+  function render() {
+    const doc = state.doc;
+    const up = doc && doc.daemon !== "down";
+    view.status.className = `hearth-state ${!doc ? "" : up ? "is-up" : "is-down"}`;
+    view.status.textContent = !doc ? "connecting…" : up ? `daemon up · v${doc.version ?? "?"} · pid ${doc.pid ?? "?"}`
+      : "daemon down";
+    // ComfyUI's relay says whether it hears the daemon's events; the browser's own socket is the other half.
+    const live = up && doc.relay === false ? "reconnecting" : state.live;
+    view.live.textContent = !up ? "" : live === "connected" ? "live" : live === "connecting" ? "" : "live updates: reconnecting…";
+    view.live.className = up ? `hearth-live is-${live}` : "hearth-live";
+    const m = state.message && state.message.until > Date.now() ? state.message : null;
+    view.message.className = `hearth-message${m ? " is-" + m.level : ""}`;
+    view.message.textContent = m ? m.msg : "";
+    fill(view.summary, !doc ? [] : up ? summary(doc) : down(doc));
+    preload.el.hidden = !up;
+    fill(view.cache, up ? cache(doc) : []);
+    fill(view.strategy, up ? strategy(doc.strategy) : []);
+    fill(view.activity, activity());
+  }
+
+  function down(doc) {
+    const reason = String(doc.reason || "no reason given");
+    return [h("div.hearth-down", {},
+      h("strong", {}, "Hearth's daemon is not reachable"),
+      h("div.hearth-reason", {}, reason.charAt(0).toUpperCase() + reason.slice(1)),
+      h("div.hearth-hint", {}, "Models load the normal way meanwhile (no shared cache). This panel reconnects ",
+        "by itself once the daemon runs (", h("code", {}, "hearth daemon"), ")."))];
+  }
+
+  function summary(doc) {
+    const used = doc.used ?? 0, budget = doc.budget ?? 0;
+    const ram = doc.ram || {}, shm = doc.shm || {}, st = doc.stats || {};
+    const share = pct(used, budget);
+    return [
+      h("div.hearth-row", {}, h("span.hearth-label", {}, "Cache"),
+        h("span", {}, `${bytes(used)} of ${bytes(budget)} budget (${share.toFixed(0)}%)`)),
+      bar(share, share > 90 ? "is-hot" : "", `${bytes(used)} of ${bytes(budget)}`),
+      h("div.hearth-facts", {},
+        fact("RAM available", `${bytes(ram.available)} of ${bytes(ram.total)}`),
+        fact(`${shm.dir || "/dev/shm"} free`, `${bytes(shm.free)} of ${bytes(shm.total)}`,
+          shm.free < budget - used ? "shared memory is smaller than the room left in the budget" : "")),
+      h("div.hearth-stats", {},
+        stat("hits", st.hits), stat("misses", st.misses), stat("fills", st.fills), stat("evictions", st.evictions)),
+    ];
+  }
+
+  function cache(doc) {
+    const segs = doc.segments || [];
+    const head = h("div.hearth-section-head", {},
+      h("h3", {}, `Cached models (${segs.length})`),
+      segs.length ? h("button.hearth-btn.is-danger", { type: "button", disabled: state.busy.has("evict:*"),
+        onclick: () => confirmAll() && act("evict:*", () => transport.evict(null)) }, "Evict all") : null);
+    if (!segs.length) {
+      return [head, h("p.hearth-empty", {}, "Nothing cached yet. Models enter the cache when a Hearth loader ",
+        "loads them, or when you preload them.")];
+    }
+    const rows = segs.map(segmentRow);
+    return [head, h("div.hearth-table", { role: "table" },
+      h("div.hearth-tr.hearth-th", { role: "row" }, ["Model", "Size", "State", "Hits", "Last use", "Holders", ""]
+        .map((t) => h("span", { role: "columnheader" }, t))), rows)];
+  }
+
+  function segmentRow(s) {
+    const name = s.name || basename(s.path);
+    const where = s.path || (s.folder ? `${s.folder}/${s.name}` : name);
+    const filling = s.state === "filling";
+    const share = pct(s.filled, s.size);
+    const stateCell = filling
+      ? h("span.hearth-filling", {}, bar(share, "is-fill", `${bytes(s.filled)} of ${bytes(s.size)}`),
+        h("small", {}, `filling ${share.toFixed(0)}%`))
+      : h("span", { class: `hearth-badge is-${s.state}`,
+        title: s.state === "stale" ? "evicted; its memory goes when the last holder lets go" : undefined },
+      s.state === "stale" ? "evicting" : s.state,
+      typeof s.fill_seconds === "number" ? h("small", {}, ` in ${s.fill_seconds.toFixed(1)} s`) : null);
+    const holders = s.holders || [];
+    const canPin = transport.kind === "daemon" ? !!s.path : !!(s.folder && s.name);
+    const pinId = `pin:${s.key}`, evictId = `evict:${s.key}`;
+    return h("div.hearth-tr", { role: "row", dataset: { key: s.key, state: s.state } },
+      h("span.hearth-name", { title: where, role: "cell" }, s.pinned ? h("span.hearth-pin", { title: "pinned" }, "● ") : null,
+        name, s.folder ? h("small.hearth-folder", {}, ` ${s.folder}`) : null),
+      h("span", { role: "cell", dataset: { label: "Size" } }, bytes(s.size)),
+      h("span", { role: "cell", dataset: { label: "State" } }, stateCell),
+      h("span", { role: "cell", dataset: { label: "Hits" } }, String(s.hits ?? 0)),
+      h("span", { role: "cell", dataset: { label: "Last use" } }, ago(s.last_use)),
+      h("span", { role: "cell", dataset: { label: "Holders" }, title: holders.length ? `pids ${holders.join(", ")}` : "no process maps it" },
+        holders.length ? `${holders.length} (${holders.join(", ")})` : "—"),
+      h("span.hearth-actions", { role: "cell" },
+        h("button.hearth-btn", { type: "button", disabled: !canPin || state.busy.has(pinId) || filling,
+          title: canPin ? (s.pinned ? "Let LRU evict it again" : "Never evict it; refill it when the daemon starts")
+            : "Only models ComfyUI knows can be pinned from here",
+          onclick: () => act(pinId, () => transport.pin(s, !s.pinned)) }, s.pinned ? "Unpin" : "Pin"),
+        h("button.hearth-btn.is-danger", { type: "button", disabled: state.busy.has(evictId),
+          title: "Remove it from shared memory now (processes that map it keep it until they let go)",
+          onclick: () => act(evictId, () => transport.evict(s)) }, "Evict")));
+  }
+
+  function strategy(plan) {
+    const head = h("h3", {}, "VRAM strategy");
+    if (!plan || !plan.strategy) {
+      return [head, h("p.hearth-empty", {}, "No plan reported yet: the Hearth VRAM Budget node reports one when it runs.")];
+    }
+    const figures = [["VRAM", plan.vram_bytes], ["resident", plan.resident_bytes], ["RAM", plan.ram_bytes]]
+      .filter(([, v]) => typeof v === "number").map(([k, v]) => fact(k, bytes(v)));
+    return [head,
+      h("div.hearth-row", {}, h("span.hearth-badge.is-strategy", {}, plan.strategy),
+        plan.model ? h("span.hearth-model", {}, String(plan.model)) : null,
+        plan.reported ? h("small.hearth-muted", {}, ` ${ago(plan.reported)}`) : null),
+      figures.length ? h("div.hearth-facts", {}, figures) : null,
+      plan.explanation ? h("p.hearth-explanation", {}, String(plan.explanation)) : null,
+      (plan.warnings || []).length ? h("ul.hearth-warnings", {}, plan.warnings.map((w) => h("li", {}, String(w)))) : null];
+  }
+
+  function activity() {
+    if (!state.activity.length) return [];
+    return [h("h3", {}, "Recent activity"), h("ul.hearth-log", {},
+      state.activity.map((a) => h(`li${a.level ? ".is-" + a.level : ""}`, {}, h("time", {}, clock(a.time)), " ", a.text)))];
+  }
+
+  // ---- the preload control ------------------------------------------------------------------------
+
+  function buildPreload() {
+    const msg = (answer) => {
+      const refused = answer?.refused || [];
+      if (refused.length) notify(refused.map((r) => r.message || r.code).join("; "), "error");
+      else if ((answer?.queued || []).length) notify(`Preloading ${answer.queued.map((q) => q.name || basename(q.path)).join(", ")}`, "info");
+    };
+    if (transport.kind === "comfy") {
+      const folder = h("select.hearth-input", { "aria-label": "Model folder" },
+        h("option", { value: "checkpoints" }, "Checkpoint"), h("option", { value: "loras" }, "LoRA"));
+      const list = h("datalist", { id: `hearth-models-${Math.random().toString(36).slice(2)}` });
+      const name = h("input.hearth-input.hearth-grow", { type: "text", list: list.id, placeholder: "model name…",
+        "aria-label": "Model name", autocomplete: "off" });
+      const fill = () => {
+        const names = state.models?.[folder.value] || [];
+        list.replaceChildren(...names.map((n) => h("option", { value: n })));
+        name.placeholder = state.models ? `${names.length} ${folder.value === "loras" ? "LoRAs" : "checkpoints"}…` : "model name…";
+      };
+      folder.addEventListener("change", fill);
+      const go = (e) => {
+        e.preventDefault();
+        if (!name.value.trim()) return;
+        act("preload", () => transport.preload({ folder: folder.value, name: name.value.trim() }), (a) => { msg(a); name.value = ""; });
+      };
+      const el = h("form.hearth-preload", { onsubmit: go }, h("h3", {}, "Preload"),
+        h("div.hearth-row", {}, folder, name, list, h("button.hearth-btn.is-primary", { type: "submit" }, "Preload")));
+      const load = () => transport.models().then((m) => { state.models = m; fill(); }, () => {});
+      load();
+      name.addEventListener("focus", () => { if (!state.models) load(); });
+      return { el, reloadModels: load };
+    }
+    const path = h("input.hearth-input.hearth-grow", { type: "text", placeholder: "/path/to/model.safetensors",
+      "aria-label": "Model file path", autocomplete: "off", spellcheck: "false" });
+    const go = (e) => {
+      e.preventDefault();
+      if (!path.value.trim()) return;
+      act("preload", () => transport.preload({ path: path.value.trim() }), (a) => { msg(a); if (!(a?.refused || []).length) path.value = ""; });
+    };
+    return { el: h("form.hearth-preload", { onsubmit: go }, h("h3", {}, "Preload"),
+      h("div.hearth-row", {}, path, h("button.hearth-btn.is-primary", { type: "submit" }, "Preload"))) };
+  }
+
+  // ---- life cycle ---------------------------------------------------------------------------------
+
+  stopEvents = transport.connect(onEvent, onLive);
+  refresh();
+  timer = setInterval(refresh, options.refreshMs || REFRESH_MS);
+
+  return {
+    refresh,
+    onEvent,
+    destroy() {
+      closed = true;
+      clearInterval(timer);
+      clearTimeout(pending);
+      clearTimeout(refetch);
+      if (stopEvents) stopEvents();
+      panel.remove();
+    },
+  };
+}
+
+function fill(el, children) {
+  el.replaceChildren(...children.filter((c) => c !== null && c !== undefined && c !== false));
+}
+
+function fact(label, value, warn = "") {
+  return h(`span.hearth-fact${warn ? ".is-warn" : ""}`, { title: warn || undefined },
+    h("span.hearth-label", {}, label), " ", h("span", {}, value));
+}
+
+function stat(label, value) {
+  return h("span.hearth-stat", {}, h("b", {}, String(value ?? 0)), " ", label);
+}
+
+function confirmAll() {
+  return typeof window.confirm !== "function" || window.confirm("Evict every cached model from shared memory?");
+}
+
+function cacheText(ev) {
+  const name = ev.name || basename(ev.path);
+  switch (ev.action) {
+    case "filling": return `filling ${name} (${bytes(ev.size)})`;
+    case "ready": return `${name} ready${typeof ev.seconds === "number" ? ` in ${ev.seconds.toFixed(2)} s` : ""}`;
+    case "evicted": return `${name} ${ev.reason || "evicted"}${ev.pending ? " (memory freed when its holders let go)" : ""}`;
+    case "acquire": return `${name}: ${ev.hit ? "hit" : "miss"}${ev.pid ? ` for pid ${ev.pid}` : ""}`;
+    case "failed": return `${name || "a model"} failed${ev.error?.message ? `: ${ev.error.message}` : ""}`;
+    default: return `${ev.action} ${name}`;
+  }
+}
+
+function loadText(ev) {
+  const what = { hit: "cache hit", miss: "cache miss", fallback: "not cached" }[ev.status] || ev.status;
+  const secs = typeof ev.seconds === "number" ? ` in ${ev.seconds.toFixed(3)} s` : "";
+  return `${ev.kind || "model"} ${ev.name || ""}: ${what}${secs}${ev.status === "fallback" && ev.reason ? ` (${ev.reason})` : ""}`;
+}

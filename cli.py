@@ -12,7 +12,7 @@ import os
 import sys
 import time
 
-from .errors import HearthError
+from .errors import BadRequest, HearthError
 from .state import format_size
 
 log = logging.getLogger("hearth.cli")
@@ -52,37 +52,54 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _progress(conn, paths: list[str]) -> None:
-    """Draw one bar per queued file until all are ready or gone."""
-    pending = set(paths)
+def _reason(path: str, message: str) -> str:
+    return f"hearth: {message}" if path in message else f"hearth: {path}: {message}"
+
+
+def _progress(conn, queued: list[dict]) -> int:
+    """Draw a bar for the file being filled until every queued file is ready or failed; count failures.
+
+    A file is waited for while the daemon lists its key as pending (waiting for a fill slot or filling);
+    after that it is either ready or has a failure with its reason.
+    """
+    pending = {q["key"]: q["path"] for q in queued}
     tty = sys.stderr.isatty()
+    failed, bar_drawn = 0, False
     while pending:
-        segs = {s["path"]: s for s in conn.get("/v1/status")["segments"]}
-        for p in sorted(pending):
-            s = segs.get(p)
-            if s is None or s["state"] == "ready":
-                pending.discard(p)
-                ok = s is not None
-                print(f"{'ready ' if ok else 'failed'} {p}" + ("" if ok else " (see `hearth status` or the log)"),
-                      file=sys.stderr)
-            elif tty:
-                frac = s["filled"] / max(s["size"], 1)
-                bar = "#" * int(30 * frac)
-                print(f"\r[{bar:<30}] {100 * frac:5.1f}% {os.path.basename(p)}", end="", file=sys.stderr)
+        doc = conn.get("/v1/status")
+        segs = {s["key"]: s for s in doc["segments"] if s["state"] != "stale"}
+        failures = {f["key"]: f for f in doc.get("failures", [])}
+        in_flight = set(doc.get("pending", []))
+        for key, path in sorted(pending.items(), key=lambda kv: kv[1]):
+            s = segs.get(key)
+            if s is not None and s["state"] == "ready":
+                line = f"ready {path}"
+            elif key in in_flight:
+                if tty and s is not None:
+                    frac = s["filled"] / max(s["size"], 1)
+                    print(f"\r[{'#' * int(30 * frac):<30}] {100 * frac:5.1f}% {os.path.basename(path)}",
+                          end="", file=sys.stderr, flush=True)
+                    bar_drawn = True
+                continue
+            else:
+                failed += 1
+                f = failures.get(key)
+                line = _reason(path, f["message"] if f else "left the cache before it was ready (see the log)")
+            del pending[key]
+            print(("\r\033[K" if bar_drawn else "") + line, file=sys.stderr)
+            bar_drawn = False
         if pending:
             time.sleep(0.2)
-    if tty:
-        print(file=sys.stderr)
+    return failed
 
 
 def cmd_preload(args: argparse.Namespace) -> int:
     conn = _conn()
     answer = conn.post("/v1/preload", {"paths": [os.path.abspath(p) for p in args.paths]})
     for r in answer["refused"]:
-        print(f"hearth: {r['path']}: {r['message']}", file=sys.stderr)
-    if not args.no_wait:
-        _progress(conn, [q["path"] for q in answer["queued"]])
-    return 1 if answer["refused"] else 0
+        print(_reason(r["path"], r["message"]), file=sys.stderr)
+    failed = 0 if args.no_wait else _progress(conn, answer["queued"])
+    return 1 if answer["refused"] or failed else 0
 
 
 def cmd_evict(args: argparse.Namespace) -> int:
@@ -111,7 +128,11 @@ def cmd_config(args: argparse.Namespace) -> int:
         value = args.value
         if args.key in ("model_dirs", "pinned"):
             value = [os.path.abspath(v) for v in value.split(os.pathsep)]
-        doc = conn.post("/v1/config", {args.key: value})
+        try:
+            doc = conn.post("/v1/config", {args.key: value})
+        except BadRequest as e:  # an unknown setting or a bad value is bad usage, as `config KEY` says
+            print(f"hearth config: {e.message}", file=sys.stderr)
+            return 2
     else:
         doc = conn.get("/v1/config")
     if args.key and args.value is None:

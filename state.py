@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import stat
@@ -118,9 +119,14 @@ def parse_size(text: str | int | float, total: int | None = None) -> int:
         return int(total * pct / 100)
     num = s.rstrip("KMGTIB")
     unit = s[len(num):]
-    if unit not in _UNITS or not num:
-        raise ValueError(f"not a size: {text!r} (examples: 12G, 512M, 40%, 1073741824)")
-    value = float(num)
+    try:
+        if unit not in _UNITS or not num:
+            raise ValueError
+        value = float(num)
+        if not math.isfinite(value):  # 'inf' and 'nan' parse as floats
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"not a size: {text!r} (examples: 12G, 512M, 40%, 1073741824)") from None
     if value < 0:
         raise ValueError(f"negative size: {text}")
     return int(value * _UNITS[unit])

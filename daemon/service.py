@@ -106,6 +106,7 @@ class Service:
         # lets go. Kept apart from `entries` because a refill of the same file takes the same key meanwhile.
         self.stale: list[Entry] = []
         self._fills: dict[str, asyncio.Future] = {}
+        self.failures: dict[str, dict] = {}  # key -> why its last fill failed (insertion ordered)
         self._slots = asyncio.Semaphore(self.settings["max_fills"])
         self._registered_roots: set[str] = set()
         self._subscribers: set[asyncio.Queue] = set()
@@ -227,13 +228,22 @@ class Service:
         entry = self.entries.get(source.key)
         if entry is not None and entry.state == "ready":
             return entry, True
+        # shield: a client that hangs up must not cancel a fill other clients are waiting for
+        return await asyncio.shield(self._start_fill(source, idle)), False
+
+    def _start_fill(self, source: SourceId, idle: bool) -> asyncio.Future:
+        """The one fill of this key (single flight): the one under way, or a new one, registered at once."""
         task = self._fills.get(source.key)
         if task is None:
             task = asyncio.ensure_future(self._fill(source, idle))
             self._fills[source.key] = task
-            task.add_done_callback(lambda _t, k=source.key: self._fills.pop(k, None))
-        # shield: a client that hangs up must not cancel a fill other clients are waiting for
-        return await asyncio.shield(task), False
+
+            def done(t: asyncio.Future, k: str = source.key) -> None:
+                if self._fills.get(k) is t:  # not a newer fill of the same key
+                    del self._fills[k]
+
+            task.add_done_callback(done)
+        return task
 
     async def _fill(self, source: SourceId, idle: bool) -> Entry:
         async with self._slots:
@@ -254,10 +264,15 @@ class Service:
             t0 = time.perf_counter()
             try:
                 fd, header = await asyncio.to_thread(segments.fill, source, progress, idle)
-            except BaseException:
+            except BaseException as e:
                 self.entries.pop(source.key, None)
-                self._emit("cache", action="failed", key=source.key, path=source.path)
+                if not isinstance(e, asyncio.CancelledError):
+                    error = (e.to_dict()["error"] if isinstance(e, HearthError)
+                             else {"code": "internal", "message": f"{source.path}: {type(e).__name__}: {e}"})
+                    self._remember_failure(source, error)
+                    self._emit("cache", action="failed", key=source.key, path=source.path, error=error)
                 raise
+            self.failures.pop(source.key, None)
             entry.fd, entry.tensors, entry.filled = fd, len(header.tensors), source.size
             entry.fill_seconds = time.perf_counter() - t0
             entry.state = "ready"
@@ -267,6 +282,13 @@ class Service:
                        seconds=round(entry.fill_seconds, 3))
             log.info("filled %s: %s in %.2f s", source.path, format_size(source.size), entry.fill_seconds)
             return entry
+
+    def _remember_failure(self, source: SourceId, error: dict) -> None:
+        """Why the last fill of a key failed, for `hearth preload` and the panel (the latest few only)."""
+        self.failures.pop(source.key, None)
+        self.failures[source.key] = {"key": source.key, "path": source.path, "time": time.time(), **error}
+        while len(self.failures) > 50:
+            del self.failures[next(iter(self.failures))]
 
     def _progress(self, entry: Entry, done: int) -> None:
         entry.filled = done
@@ -390,15 +412,18 @@ class Service:
                 refused.append({"path": p, **e.to_dict()["error"]})
                 continue
             queued.append({"path": source.path, "key": source.key, "size": source.size})
-            asyncio.ensure_future(self._preload_one(source))
+            self._invalidate_other_versions(source)
+            entry = self.entries.get(source.key)
+            if entry is None or entry.state != "ready":
+                # Registered before this answer goes out, so that a status read right after it shows the
+                # file pending (waiting for a fill slot), not absent.
+                self._start_fill(source, idle=True).add_done_callback(self._preload_done)
         return {"queued": queued, "refused": refused}
 
-    async def _preload_one(self, source: SourceId) -> None:
-        try:
-            await self._ensure(source, idle=True)
-        except HearthError as e:
-            log.warning("preload of %s failed: %s", source.path, e.message)
-            self._emit("cache", action="failed", path=source.path, error=e.to_dict()["error"])
+    @staticmethod
+    def _preload_done(task: asyncio.Future) -> None:
+        if not task.cancelled() and (e := task.exception()) is not None:
+            log.warning("preload failed: %s", e.message if isinstance(e, HearthError) else repr(e))
 
     def _entries_for(self, path: Any) -> list[Entry]:
         real = _real_path(path)
@@ -470,6 +495,8 @@ class Service:
             "ram": {"total": vm.total, "available": vm.available},
             "shm": {"dir": str(shm_dir()), "total": shm_total(), "free": shm_free()},
             "stats": dict(self.stats), "strategy": self.strategy, "roots": self.roots(),
+            "pending": sorted(self._fills),  # keys with a fill queued or under way
+            "failures": list(self.failures.values()),
             "segments": [
                 {"key": e.key, "path": e.source.path, "size": e.size, "state": e.state, "filled": e.filled,
                  "hits": e.hits, "last_use": e.last_use, "pinned": e.pinned, "tensors": e.tensors,

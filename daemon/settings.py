@@ -30,9 +30,12 @@ def _check(key: str, value: Any) -> Any:
             raise ValueError(f"{key} must be a list of paths")
         return [os.path.realpath(os.path.expanduser(v)) for v in value]
     if key == "max_fills":
-        value = int(value)
+        try:
+            value = int(value)
+        except (TypeError, ValueError):
+            value = 0
         if not 1 <= value <= 16:
-            raise ValueError("max_fills must be between 1 and 16")
+            raise ValueError("max_fills must be a whole number between 1 and 16")
         return value
     if key == "autostart":
         if isinstance(value, str):
@@ -54,7 +57,10 @@ class Settings:
             except (ValueError, TypeError):
                 pass  # a hand-edited bad value falls back to the default rather than stopping the daemon
         if budget_env := os.environ.get("HEARTH_BUDGET"):
-            self.values["budget"] = _check("budget", budget_env)
+            try:
+                self.values["budget"] = _check("budget", budget_env)
+            except ValueError as e:  # the user's explicit setting: refuse to start, saying which one
+                raise BadRequest(f"HEARTH_BUDGET: {e}") from None
 
     def __getitem__(self, key: str) -> Any:
         return self.values[key]

@@ -285,3 +285,11 @@ def test_strategy_round_trip(daemon):
     got = d.ok("GET", "/v1/strategy")
     assert got["strategy"] == "cpu" and "reported" in got
     assert d.status()["strategy"]["strategy"] == "cpu"
+
+
+def test_bad_budget_in_environment_refuses_to_start_clearly(make_daemon):
+    d = make_daemon(env={"HEARTH_BUDGET": "lots"}, start=False)
+    r = d.cli("daemon", "--headless", timeout=30)
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    line = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(line) == 1 and "HEARTH_BUDGET" in line[0] and "not a size" in line[0], r.stderr

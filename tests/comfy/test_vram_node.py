@@ -1,0 +1,175 @@
+"""The Hearth VRAM Budget node in a real ComfyUI on CPU: same image as without it, the explanation in /history,
+the plan at the daemon and in `hearth status`, forced strategies refused with the reason; and each strategy
+applied to a model inside a ComfyUI process (the GPU run skips, with the reason, where CUDA is absent)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from .comfy_support import CKPT, pixels
+from .test_nodes import test_ui_workflows_hold_the_widget_values_of_the_api_workflows as _widgets_match
+from .test_workflows import test_api_workflow_matches_its_ui_twin as _api_matches_ui
+
+from bench.comfyrun import graphs
+from bench.comfyrun.checkout import comfy_env
+from bench.comfyrun.server import ComfyError
+
+WORKFLOW = "hearth_vram_budget"
+BUDGET, PREVIEW, SAMPLER = "8", "9", "5"  # node ids in the workflow
+GPU_STRATEGIES = ["full_gpu", "fp8", "partial", "sequential"]
+
+
+def budget_graph(budget: str = "auto", strategy: str = "auto") -> dict:
+    g = graphs.configure(graphs.load(f"{WORKFLOW}_api"), CKPT)
+    g[BUDGET]["inputs"].update(budget_gb=budget, strategy=strategy)
+    return g
+
+
+def without_budget(graph: dict) -> dict:
+    """The same graph with the node (and the preview of its text) taken out: the loader feeds KSampler."""
+    g = {k: v for k, v in graph.items() if k not in (BUDGET, PREVIEW)}
+    g[SAMPLER] = {**g[SAMPLER], "inputs": {**g[SAMPLER]["inputs"], "model": graph[BUDGET]["inputs"]["model"]}}
+    return g
+
+
+def explanation(run) -> str:
+    [text] = run.history["outputs"][BUDGET]["text"]  # the node's own {"ui": {"text": ...}}
+    assert run.history["outputs"][PREVIEW]["text"] == [text]  # the STRING output, shown by stock PreviewAny
+    return text
+
+
+@pytest.mark.parametrize("budget", ["auto", "2.5"])
+def test_auto_plan_on_cpu_gives_the_image_of_the_graph_without_the_node(comfy, budget):
+    run = comfy.run(budget_graph(budget))
+    image = pixels(run)
+    assert image.std() > 1, "a flat image would prove nothing"
+    np.testing.assert_array_equal(image, pixels(comfy.run(without_budget(budget_graph(budget)))))
+    text = explanation(run)
+    assert f"Hearth VRAM plan for {CKPT}" in text and f"budget {'auto' if budget == 'auto' else '2.5 GiB'}" in text
+    assert "Chose cpu" in text and "no GPU" in text, text  # the plan and why not the better ones
+    assert "load device is the CPU" in text and "CLIP, " in text and "VAE, " in text, text
+
+
+def test_the_plan_reaches_the_daemon_and_hearth_status(comfy, daemon):
+    run = comfy.run(budget_graph("1.5", "cpu"))
+    np.testing.assert_array_equal(pixels(run), pixels(comfy.run(without_budget(budget_graph()))))
+    doc = daemon.api("GET", "/v1/strategy")
+    assert {"strategy": doc["strategy"], "model": doc["model"], "requested": doc["requested"],
+            "budget_bytes": doc["budget_bytes"], "device": doc["device"]} == {
+        "strategy": "cpu", "model": CKPT, "requested": "cpu", "budget_bytes": int(1.5 * 2**30), "device": "cpu"}
+    assert doc["vram_bytes"] == doc["resident_bytes"] == 0 and doc["ram_bytes"] > 0
+    assert doc["warnings"] == ["CPU inference is slow: expect minutes per image"]
+    assert explanation(run) == "\n".join([doc["explanation"], *(f"Warning: {w}" for w in doc["warnings"])])
+    status = subprocess.run([sys.executable, "-m", "comfyui_hearth.cli", "status"], env=daemon.env,
+                            capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0, status.stderr
+    assert f"last VRAM strategy: cpu ({CKPT})" in status.stdout
+
+
+@pytest.mark.parametrize("strategy", GPU_STRATEGIES)
+def test_a_forced_gpu_strategy_on_cpu_is_refused_with_the_reason(comfy, strategy):
+    with pytest.raises(ComfyError) as refused:
+        comfy.run(budget_graph(strategy=strategy))
+    message = str(refused.value)
+    assert f"{strategy} cannot run {CKPT} here: no GPU. What fits: cpu." in message
+    assert "Set strategy to auto" in message
+
+
+def test_a_budget_that_is_not_a_number_is_refused_before_the_run(comfy):
+    with pytest.raises(ComfyError, match="give a number of GB"):
+        comfy.run(budget_graph("lots"))
+
+
+def test_workflow_files(comfy):
+    _api_matches_ui(WORKFLOW)
+    _widgets_match(comfy, WORKFLOW)
+
+
+# Each strategy applied by `apply_plan` to a model built by ComfyUI, sampled in a child process that imports
+# ComfyUI. On CPU the GPU strategies still go through their PREPARE_SAMPLING wrappers (ComfyUI's executor
+# calls them), and fp8's object patches change the weights; on CUDA the residency is checked too.
+CHILD = """
+import json, sys
+mode, ckpt = sys.argv[1:]
+sys.argv = sys.argv[:1] + ([] if mode == "gpu" else ["--cpu"])
+import comfy.options
+comfy.options.enable_args_parsing()
+import torch, comfy.sd, comfy.model_management as mm, nodes
+from comfy.patcher_extension import WrappersMP
+from comfyui_hearth.nodes.vram import WRAPPER_KEY, HearthVRAMBudget, _choose, apply_plan
+from comfyui_hearth.planner import LADDER, Hardware, ModelSpec, Plan
+
+model, clip = comfy.sd.load_checkpoint_guess_config(ckpt, output_vae=False, output_clip=True)[:2]
+encode = nodes.CLIPTextEncode().encode
+pos, neg, latent = encode(clip, "a house")[0], encode(clip, "")[0], nodes.EmptyLatentImage().generate(64, 64)[0]
+
+def sample(m):
+    return nodes.common_ksampler(m, 42, 2, 7.0, "euler", "normal", pos, neg, latent)[0]["samples"].float()
+
+def fp8_weights(m):
+    return sum(p.dtype == torch.float8_e4m3fn for p in m.model.parameters())
+
+reference, device = sample(model), model.load_device
+say = lambda **kw: print(json.dumps(kw), flush=True)
+for strategy in LADDER:
+    resident = model.model_size() // 2 if strategy == "partial" else 0
+    out, applied = apply_plan(model, Plan(strategy, 0, 0, resident, (), ""))
+    got = sample(out)
+    say(strategy=strategy, applied=applied, same=torch.equal(got, reference),
+        diff=(got - reference).abs().max().item() / reference.abs().max().item(),
+        fp8=fp8_weights(out), loaded=out.loaded_size(), size=out.model_size(), resident=resident,
+        device=str(out.current_loaded_device()), lowvram=bool(out.model.model_lowvram),
+        input_untouched=not model.object_patches and model.load_device == device
+                        and not model.get_wrappers(WrappersMP.PREPARE_SAMPLING, WRAPPER_KEY))
+say(strategy="input again", same=torch.equal(sample(model), reference), fp8=fp8_weights(model))
+auto = HearthVRAMBudget().apply(model, "auto", "auto")["result"]
+say(strategy="node auto", text=auto[1], same=torch.equal(sample(auto[0]), reference))
+chosen, warnings = _choose(ModelSpec(2**40), Hardware.profile(0, 2**30), None, "auto")  # 1 TiB in 1 GiB
+say(strategy="nothing fits", plan=chosen, warnings=warnings)
+"""
+
+
+def run_child(checkout, ckpt, mode: str, home) -> dict[str, dict]:
+    """The child's results by strategy; its HEARTH_HOME has no daemon, so the node reports nowhere."""
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(CHILD), mode, str(ckpt)], cwd=checkout,
+                          env=comfy_env(checkout, HEARTH_HOME=str(home)), capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return {d["strategy"]: d for d in map(json.loads, (x for x in proc.stdout.splitlines() if x.startswith("{")))}
+
+
+def test_every_strategy_applies_to_a_cpu_model(comfy_checkout, models, tmp_path):
+    got = run_child(comfy_checkout, models.path("checkpoints", CKPT), "cpu", tmp_path)
+    for strategy in ("full_gpu", "partial", "sequential", "cpu"):  # on a CPU load device: ComfyUI's plain load
+        assert got[strategy]["same"] and got[strategy]["fp8"] == 0, got[strategy]
+        assert got[strategy]["input_untouched"] and got[strategy]["device"] == "cpu"
+    fp8 = got["fp8"]
+    assert fp8["fp8"] > 0 and not fp8["same"] and fp8["diff"] < 0.25, fp8  # rounded weights, near image
+    assert "float8_e4m3fn" in fp8["applied"] and fp8["input_untouched"]
+    assert got["input again"] == {"strategy": "input again", "same": True, "fp8": 0}  # object patches undone
+    assert got["node auto"]["same"] and "Chose cpu" in got["node auto"]["text"]
+    assert got["nothing fits"]["plan"] is None  # auto never fails a workflow: ComfyUI's own management
+    assert "ComfyUI's own memory management stays in charge" in got["nothing fits"]["warnings"][0]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: GPU placement of the strategies not run")
+def test_every_strategy_places_the_weights_on_a_gpu(comfy_checkout, models, tmp_path):
+    got = run_child(comfy_checkout, models.path("checkpoints", CKPT), "gpu", tmp_path)
+    full = got["full_gpu"]
+    assert full["same"] and full["device"].startswith("cuda") and not full["lowvram"]
+    assert full["loaded"] >= full["size"] * 0.99, full  # every weight in VRAM
+    assert got["fp8"]["fp8"] > 0 and got["fp8"]["diff"] < 0.25 and not got["fp8"]["lowvram"], got["fp8"]
+    for strategy in ("partial", "sequential"):
+        g = got[strategy]
+        # Modules that are no comfy.ops layer cannot be offloaded: allow 1 % of the model for them.
+        assert g["lowvram"] and g["loaded"] <= g["resident"] + g["size"] // 100 and g["diff"] < 1e-2, g
+    assert got["cpu"]["device"] == "cpu" and got["cpu"]["diff"] < 0.1, got["cpu"]
+    assert got["input again"]["same"] and got["input again"]["fp8"] == 0
+    assert "Chose full_gpu" in got["node auto"]["text"] and got["node auto"]["same"]

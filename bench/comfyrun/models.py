@@ -53,28 +53,43 @@ def build_checkpoint(checkout: Path, out: Path, shape: str = "tiny", seed: int =
     return out
 
 
+def lora_targets(checkpoint: Path) -> dict[str, list[int]]:
+    """kohya name -> weight shape of every layer a LoRA trainer targets: UNet attention, CLIP attention/MLP."""
+    from safetensors import safe_open
+
+    with safe_open(str(checkpoint), framework="pt") as f:
+        shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
+    targets = {}
+    for k, shape in shapes.items():
+        if k.startswith(_UNET_PREFIX) and _is_unet_target(k, shape):
+            targets["lora_unet_" + k[len(_UNET_PREFIX):-len(".weight")].replace(".", "_")] = shape
+    for k, shape in shapes.items():
+        layer = k[len(_CLIP_LAYER):-len(".weight")] if k.startswith(_CLIP_LAYER) and k.endswith(".weight") else ""
+        if layer.partition(".")[2] in _CLIP_TARGETS:
+            targets["lora_te_text_model_encoder_layers_" + layer.replace(".", "_")] = shape
+    return targets
+
+
+def lora_bytes_per_rank(checkpoint: Path) -> int:
+    """fp16 bytes that one unit of rank adds to a LoRA over all targets (lora_down + lora_up)."""
+    return sum(2 * (shape[0] + shape[1]) for shape in lora_targets(checkpoint).values())
+
+
 def build_lora(checkpoint: Path, out: Path, rank: int, seed: int, unet_layers: int | None = None,
                clip_layers: int | None = None) -> Path:
     """Write a kohya-format LoRA (lora_down/lora_up/alpha) for `checkpoint`'s attention and MLP layers.
 
     `unet_layers`/`clip_layers` limit how many target layers of each model get a pair (None: all).
     """
-    from safetensors import safe_open
     from safetensors.torch import save_file
 
-    with safe_open(str(checkpoint), framework="pt") as f:
-        shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
-    unet = [k for k in shapes if k.startswith(_UNET_PREFIX) and _is_unet_target(k, shapes[k])]
-    clip = [k for k in shapes if k.startswith(_CLIP_LAYER) and k.endswith(".weight")
-            and k[len(_CLIP_LAYER):-len(".weight")].split(".", 1)[1] in _CLIP_TARGETS]
-    targets = {}
-    for k in unet[:unet_layers]:
-        targets["lora_unet_" + k[len(_UNET_PREFIX):-len(".weight")].replace(".", "_")] = shapes[k]
-    for k in clip[:clip_layers]:
-        targets["lora_te_text_model_encoder_layers_" + k[len(_CLIP_LAYER):-len(".weight")].replace(".", "_")] = shapes[k]
+    all_targets = lora_targets(checkpoint)
+    unet = [k for k in all_targets if k.startswith("lora_unet_")][:unet_layers]
+    clip = [k for k in all_targets if k.startswith("lora_te_")][:clip_layers]
     gen = torch.Generator().manual_seed(seed)
     tensors = {}
-    for name, (o, i, *kernel) in targets.items():
+    for name in unet + clip:
+        o, i, *kernel = all_targets[name]
         r = min(rank, o, i)
         # delta W = up @ down * alpha / r has about half the spread of the base weight: a visible change.
         down = torch.randn((r, i, *kernel), generator=gen) / math.sqrt(i)

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from comfy_support import CKPT, LORA_A, LORA_B, Models, StockRenders, start_comfy
+from .comfy_support import CKPT, LORA_A, LORA_B, Models, StockRenders, start_comfy
 
 from bench.comfyrun.checkout import find_comfyui
 from bench.comfyrun.daemon import Daemon

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from comfy_support import CKPT, LORA_A, LORA_B, hearth_graph, loads, pixels, start_comfy
+from .comfy_support import CKPT, LORA_A, LORA_B, hearth_graph, loads, pixels, start_comfy
 
 from bench.comfyrun import graphs
 from bench.comfyrun.daemon import sha256

@@ -3,7 +3,7 @@ stock twins the image comparisons run against."""
 
 from __future__ import annotations
 
-import comfy_support  # noqa: F401  (puts the repository's bench/ on sys.path)
+from . import comfy_support  # noqa: F401  (puts the repository's bench/ on sys.path)
 import pytest
 
 from bench.comfyrun import graphs

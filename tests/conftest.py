@@ -310,16 +310,32 @@ class Client:
     """A subprocess client: read the JSON lines it says, tell it lines on stdin, collect its end."""
 
     def __init__(self, proc: subprocess.Popen):
+        import queue
+        import threading
+
         self.proc = proc
         self.pid = proc.pid
+        # A thread reads stdout line by line: select() on the pipe would miss lines already buffered.
+        self._lines: queue.Queue = queue.Queue()
+        self._out: list[str] = []
+
+        def pump() -> None:
+            for line in proc.stdout:
+                self._out.append(line)
+                self._lines.put(line)
+            self._lines.put(None)
+
+        self._reader = threading.Thread(target=pump, daemon=True)
+        self._reader.start()
 
     def read(self, timeout: float = 60.0) -> dict:
-        import select
+        import queue
 
-        if not select.select([self.proc.stdout], [], [], timeout)[0]:
-            raise AssertionError(f"client {self.pid} said nothing within {timeout} s")
-        line = self.proc.stdout.readline()
-        if not line:
+        try:
+            line = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"client {self.pid} said nothing within {timeout} s") from None
+        if line is None:
             self.proc.wait()
             raise AssertionError(f"client {self.pid} ended ({self.proc.returncode}): {self.proc.stderr.read()}")
         return json.loads(line)
@@ -329,8 +345,15 @@ class Client:
         self.proc.stdin.flush()
 
     def finish(self, timeout: float = 60.0) -> tuple[int, list, str]:
-        out, err = self.proc.communicate(timeout=timeout)
-        return self.proc.returncode, [json.loads(x) for x in out.splitlines() if x.startswith("{")], err
+        """Close its stdin, wait for its end: (exit code, every JSON line it said, its stderr)."""
+        try:
+            self.proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        self.proc.wait(timeout)  # (clients write little to stderr: the pipe cannot fill and block them)
+        err = self.proc.stderr.read()
+        self._reader.join(timeout)
+        return self.proc.returncode, [json.loads(x) for x in self._out if x.startswith("{")], err
 
 
 @pytest.fixture
@@ -377,3 +400,25 @@ def shared_daemon(tmp_path_factory):
     d.start()
     yield d
     d.cleanup()
+
+
+@pytest.fixture
+def in_process_env(monkeypatch):
+    """in_process_env(daemon): a context in which this process's own client talks to `daemon`."""
+    import contextlib
+    import importlib
+
+    cl = importlib.import_module("comfyui_hearth.client.load")
+
+    @contextlib.contextmanager
+    def use(daemon: Daemon):
+        with monkeypatch.context() as m:
+            for k in [k for k in os.environ if k.startswith("HEARTH_")]:
+                m.delenv(k)
+            for k, v in daemon.env.items():
+                if k.startswith("HEARTH_"):
+                    m.setenv(k, v)
+            m.setattr(cl, "_said", set())
+            yield daemon
+
+    return use

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import folder_paths
 
-from ..client.load import Loaded, load, register_roots
+from ..client import Loaded, load, register_roots
 
 # The folders whose files the daemon may serve to this process (extra_model_paths included).
 _FOLDERS = ("checkpoints", "loras")

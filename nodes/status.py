@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import logging
 
-from ..client.load import Loaded
+from ..client import Loaded
 
 log = logging.getLogger("hearth.nodes")
 
 EVENT = "hearth.load"
 
 
-def report(node: str, node_id: str | None, kind: str, name: str, loaded: Loaded, seconds: float) -> dict:
+def report(node: str, node_id: str | None, kind: str, name: str, loaded: Loaded, seconds: float) -> None:
     """Log and broadcast one load; `seconds` is the node's whole time, `loaded.seconds` the tensors' part.
 
     The event carries the model's name, never its path: ComfyUI's server is often reachable from the LAN.
@@ -25,7 +25,6 @@ def report(node: str, node_id: str | None, kind: str, name: str, loaded: Loaded,
              {"hit": "cache hit", "miss": "cache miss", "fallback": "not cached"}[status],
              seconds, loaded.seconds)
     _send(event)
-    return event
 
 
 def _send(event: dict) -> None:

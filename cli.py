@@ -113,7 +113,9 @@ def cmd_evict(args: argparse.Namespace) -> int:
     for e in answer["pending"]:
         print(f"evicted {e['path']}; its {format_size(e['size'])} return when its {len(e['holders'])} "
               f"holder(s) {e['holders']} let go")
-    return 0
+    for e in answer.get("filling", []):
+        print(f"hearth: {e['path']} is being filled; evict it when it is ready", file=sys.stderr)
+    return 1 if answer.get("filling") and not args.all else 0
 
 
 def cmd_pin(args: argparse.Namespace) -> int:

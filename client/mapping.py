@@ -16,7 +16,7 @@ import weakref
 import torch
 
 from ..daemon.header import Header, read_header
-from ..errors import SourceChanged
+from ..errors import NotAllowed, SourceChanged
 
 DTYPES = {
     "BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "I32": torch.int32,
@@ -39,7 +39,10 @@ def map_segment(path: str, expected_size: int, name: str) -> dict[str, torch.Ten
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH)
-        size = os.fstat(fd).st_size
+        st = os.fstat(fd)
+        if st.st_uid != os.getuid():  # /dev/shm is shared: never map a file another user put there
+            raise NotAllowed(f"segment for {name} is owned by uid {st.st_uid}, not this user")
+        size = st.st_size
         if size != expected_size:
             raise SourceChanged(f"segment for {name} is {size} bytes, expected {expected_size}")
         header = read_header(fd, name)

@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import queue
+import stat
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -225,9 +226,20 @@ def list_own() -> tuple[list[str], list[Path]]:
     except FileNotFoundError:
         return [], []
     for name in names:
-        if name.startswith(prefix()):
+        final = name.startswith(prefix())
+        if not final and not (name.startswith("." + prefix()) and name.endswith(".part")):
+            continue
+        try:
+            st = os.lstat(shm_dir() / name)
+        except FileNotFoundError:
+            continue
+        # /dev/shm is shared: a file another user planted under our name is not ours to adopt, nor (in a
+        # sticky folder) ours to remove; trying would stop the daemon's start with a PermissionError.
+        if st.st_uid != os.getuid() or not stat.S_ISREG(st.st_mode):
+            continue
+        if final:
             keys.append(name[len(prefix()):])
-        elif name.startswith("." + prefix()) and name.endswith(".part"):
+        else:
             parts.append(shm_dir() / name)
     return keys, parts
 

@@ -190,7 +190,9 @@ class Service:
             raise NotAllowed(f"{path}: {e.strerror}") from None
         if not stat.S_ISREG(st.st_mode):
             raise NotAllowed(f"{path}: not a regular file")
-        if not real.lower().endswith(MODEL_EXTS):
+        # The real file's name or the name given: the Hugging Face cache keeps models as blobs without an
+        # extension behind `snapshots/<rev>/model.safetensors` links. (The root check uses the real path.)
+        if not (real.lower().endswith(MODEL_EXTS) or path.lower().endswith(MODEL_EXTS)):
             raise NotAllowed(f"{path}: only {', '.join(MODEL_EXTS)} files are cached")
         if not any(_within(real, r) for r in self.roots()):
             raise NotAllowed(f"{path} is outside the allowed model folders; add its folder with "
@@ -434,15 +436,18 @@ class Service:
         targets = list(self.entries.values()) if all else self._entries_for(path)
         if not all and not targets:
             raise NotFound(f"{path} is not in the cache")
-        done, pending = [], []
+        done, pending, filling = [], [], []
         for e in targets:
+            if e.state == "filling":  # its fill publishes it when it ends: not evicted, and not said to be
+                filling.append({"path": e.source.path, "key": e.key, "size": e.size})
+                continue
             if e.pinned:
                 self._set_pinned(e.source.path, False)
             self._drop(e, "evicted by the user")
             (pending if e.state == "stale" else done).append(
                 {"path": e.source.path, "key": e.key, "size": e.size, "holders": e.holders()})
         self._save_index()
-        return {"evicted": done, "pending": pending}
+        return {"evicted": done, "pending": pending, "filling": filling}
 
     async def pin(self, path: Any, pinned: bool = True) -> dict:
         """Pin (never LRU-evicted, refilled at start, filled now if absent) or unpin a model."""
@@ -470,6 +475,9 @@ class Service:
             if not isinstance(changes, dict):
                 raise BadRequest("config changes must be an object")
             self.settings.update(changes)
+            if "pinned" in changes:  # what LRU skips is the entries' flag: keep it in step with the setting
+                for e in self.entries.values():
+                    e.pinned = e.source.path in self.settings["pinned"]
             if "budget" in changes:
                 self._shrink_to_budget()
         return {**self.settings.values, "budget_bytes": self.budget()}

@@ -130,7 +130,8 @@ def test_preload_shows_progress_on_a_terminal(daemon):
     os.close(master)
     text = out.decode(errors="replace")
     assert proc.returncode == 0, text
-    assert "%" in text and "[" in text and "#" in text and big.name in text, text
+    # a bar for the file while it fills (how far it got when polled depends on the machine's speed)
+    assert "% big.safetensors" in text and "\r[" in text, text
     assert f"ready {big}" in text
 
 

@@ -445,3 +445,70 @@ def test_full_tmpfs_evicts_unheld_segments_to_make_room(make_daemon, small_tmpfs
     assert holder.read()["cached"]
     status, doc = d.api("POST", "/v1/acquire", {"path": str(a)})   # b is held: no room
     assert status == 507 and doc["error"]["code"] == "shm_full", doc
+
+
+# ---- ownership, symlinked blobs, evicting during a fill, pinned by config ------------------------------
+
+def test_symlinked_blobs_are_allowed_inside_a_root(in_process):
+    """The Hugging Face cache layout: snapshots/<rev>/model.safetensors -> ../../blobs/<sha256>."""
+    d = in_process
+    blob = make_model(d.models / "hf" / "blobs" / "9f86d081884c7d659a2feaa0c55ad015", seed=21)
+    link = d.models / "hf" / "snapshots" / "main" / "model.safetensors"
+    link.parent.mkdir(parents=True)
+    os.symlink(os.path.relpath(blob, link.parent), link)
+    r = _load(link)
+    assert r.cached, r.reason
+    assert_same_tensors(r.tensors, reference(blob))
+    # the blob itself, named without a model extension, is still not a model file
+    status, doc = d.api("POST", "/v1/acquire", {"path": str(blob)})
+    assert status == 403 and doc["error"]["code"] == "not_allowed"
+    # and a model-named link to a non-model file outside the roots is still refused
+    os.symlink("/etc/hostname", d.models / "host.safetensors")
+    status, doc = d.api("POST", "/v1/acquire", {"path": str(d.models / "host.safetensors")})
+    assert status == 403 and doc["error"]["code"] == "not_allowed"
+
+
+def test_client_refuses_a_segment_owned_by_another_user(in_process):
+    """A segment that is not the user's own (a planted file) is never mapped: stock load instead."""
+    d = in_process
+    path = make_model(d.models / "own.safetensors", seed=22)
+    key = d.acquire(path)["key"]
+    os.chown(d.shm / d.seg_name(key), 65534, 65534)
+    r = _load(path)
+    assert not r.cached and "owned by" in r.reason
+    assert_same_tensors(r.tensors, reference(path))
+
+
+def test_restart_leaves_other_users_files_alone(make_daemon):
+    d = make_daemon()
+    d.stop()
+    planted = d.shm / d.seg_name("0123456789abcdef")
+    planted.write_bytes(b"x" * 64)
+    os.chown(planted, 65534, 65534)
+    d.start()  # (as another user, unlinking it in /dev/shm would fail and stop the start)
+    assert planted.exists() and d.status()["segments"] == []
+    planted.unlink()
+
+
+def test_evict_during_a_fill_does_not_claim_it(daemon):
+    d = daemon
+    big = make_sparse_model(d.models / "big.safetensors", 512 * MB)
+    d.ok("POST", "/v1/preload", {"paths": [str(big)]})
+    ans = d.ok("POST", "/v1/evict", {"all": True})
+    d.wait_for(lambda: d.segment(big) and d.segment(big)["state"] == "ready", what="the fill to end")
+    if ans["evicted"]:
+        pytest.fail(f"evict answered {ans} but the fill went on and published the segment")
+    if ans.get("filling"):
+        assert [f["path"] for f in ans["filling"]] == [str(big)]
+
+
+def test_pinned_set_by_config_protects_cached_models(make_daemon):
+    d = make_daemon(env={"HEARTH_BUDGET": "2.5M"})
+    a, b, c = (_sized(d, n, i) for i, n in enumerate("abc"))
+    d.acquire(a)
+    time.sleep(0.01)
+    d.acquire(b)
+    d.ok("POST", "/v1/config", {"pinned": [str(a)]})
+    assert d.segment(a)["pinned"]
+    d.acquire(c)  # a is the least recently used but pinned: b goes
+    assert {s["path"] for s in d.status()["segments"]} == {str(a), str(c)}

@@ -166,3 +166,17 @@ def test_registered_roots_are_sent_again_after_a_restart(daemon, in_process_env,
         finally:
             cl._roots.clear()
             cl._roots_sent_to = None
+
+
+def test_sigterm_during_a_fill_stops_and_leaves_nothing_unchecked(daemon):
+    d = daemon
+    big = make_sparse_model(d.models / "big.safetensors", 768 * MB)
+    small = make_model(d.models / "small.safetensors")
+    d.acquire(small)
+    d.ok("POST", "/v1/preload", {"paths": [str(big)]})
+    d.wait_for(lambda: any(n.endswith(".part") for n in d.shm_names()), timeout=10, what="the fill to start")
+    assert d.stop() == 0
+    d.start()
+    # the small model is re-adopted; the interrupted fill left neither a .part nor an unindexed segment
+    assert [s["path"] for s in d.status()["segments"]] == [str(small)]
+    assert d.shm_names() == [d.seg_name(d.segment(small)["key"])]

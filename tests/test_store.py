@@ -512,3 +512,22 @@ def test_pinned_set_by_config_protects_cached_models(make_daemon):
     assert d.segment(a)["pinned"]
     d.acquire(c)  # a is the least recently used but pinned: b goes
     assert {s["path"] for s in d.status()["segments"]} == {str(a), str(c)}
+
+
+def test_concurrent_fills_into_a_tight_tmpfs(make_daemon, small_tmpfs):
+    """Two 5 MB fills at once into 8 MB: one fits; the other is shm_full (from the free-space check or
+    from posix_fallocate, whichever the timing reaches) or, if the first had already ended, evicts it.
+    Never both, and nothing half-written is left."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    d = make_daemon(env={"HEARTH_BUDGET": "1G"}, shm=small_tmpfs)
+    a = make_model(d.models / "a.safetensors", numel=1_250_000)
+    b = make_model(d.models / "b.safetensors", numel=1_250_000, seed=1)
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda p: d.api("POST", "/v1/acquire", {"path": str(p)}), (a, b)))
+    codes = sorted(doc.get("error", {}).get("code", "ok") for _, doc in answers)
+    assert codes in (["ok", "shm_full"], ["ok", "ok"]), answers
+    st = d.status()
+    (seg,) = st["segments"]
+    assert d.shm_names() == [d.seg_name(seg["key"])]
+    assert st["stats"]["evictions"] == (1 if codes == ["ok", "ok"] else 0)

@@ -31,18 +31,24 @@ FILL_THREADS = 4
 
 @dataclass(frozen=True)
 class SourceId:
-    """The identity of a source file; any change to it gives a new key."""
+    """The identity of a source file; any change to it gives a new key.
+
+    ctime is part of it because mtime alone can be set back (`touch -d`, `cp -p`, an in-place rewrite
+    within one timestamp tick) while ctime cannot: serving the old bytes then would be a wrong tensor.
+    The price is a refill after chmod or chown, which change ctime too.
+    """
 
     path: str  # real path
     dev: int
     ino: int
     size: int
     mtime_ns: int
+    ctime_ns: int
 
     @classmethod
     def of(cls, real_path: str, st: os.stat_result | None = None) -> SourceId:
         st = st or os.stat(real_path)
-        return cls(real_path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        return cls(real_path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
     @property
     def key(self) -> str:

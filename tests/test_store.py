@@ -97,23 +97,13 @@ def test_file_without_tensors_and_sft_extension(in_process):
 
 
 def test_second_acquire_is_a_hit_without_reading_the_file(in_process):
-    """Proof that a hit reads nothing: the file's bytes change under an unchanged stat tuple, and the hit
-    still serves the first bytes; the daemon's read counter (which counts sendfile) barely moves.
-    (chmod 000 proves nothing here: the tests run as root, which reads any file.)"""
+    """A hit reads nothing: the daemon's read counter (which counts sendfile) barely moves while a 1 MiB
+    file is served again. (chmod 000 proves nothing here: the tests run as root, which reads any file.)"""
     d = in_process
     path = make_model(d.models / "hit.safetensors", seed=3, numel=256 * 1024)  # ~1 MiB
     want = reference(path)
     a = d.acquire(path)
     assert not a["hit"]
-
-    st = os.stat(path)
-    other = make_model(d.root / "other.safetensors", seed=4, numel=256 * 1024).read_bytes()
-    assert len(other) == st.st_size and other != path.read_bytes()
-    with open(path, "r+b") as f:  # same inode, same size ...
-        f.write(other)
-    set_mtime_ns(path, st.st_mtime_ns)  # ... and same mtime: the key's stat tuple is unchanged
-    st2 = os.stat(path)
-    assert (st2.st_ino, st2.st_size, st2.st_mtime_ns) == (st.st_ino, st.st_size, st.st_mtime_ns)
 
     before = d.io()
     b = d.acquire(path)
@@ -123,8 +113,28 @@ def test_second_acquire_is_a_hit_without_reading_the_file(in_process):
 
     got = _load(path)
     assert got.hit
-    assert_same_tensors(got.tensors, want)  # the first fill's bytes: nothing was read again
+    assert_same_tensors(got.tensors, want)
     assert d.status()["stats"]["fills"] == 1
+
+
+def test_rewrite_with_mtime_set_back_is_not_served_stale(in_process):
+    """Same inode, same size, mtime restored: only ctime shows the rewrite, and it must be enough."""
+    d = in_process
+    path = make_model(d.models / "sneaky.safetensors", seed=3, numel=256 * 1024)
+    a = d.acquire(path)
+    st = os.stat(path)
+    other = make_model(d.root / "other.safetensors", seed=4, numel=256 * 1024).read_bytes()
+    assert len(other) == st.st_size and other != path.read_bytes()
+    with open(path, "r+b") as f:
+        f.write(other)
+    set_mtime_ns(path, st.st_mtime_ns)
+    st2 = os.stat(path)
+    assert (st2.st_ino, st2.st_size, st2.st_mtime_ns) == (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    b = d.acquire(path)
+    assert not b["hit"] and b["key"] != a["key"]
+    got = _load(path)
+    assert_same_tensors(got.tensors, reference(path))  # the new bytes
 
 
 # ---- copy-on-write ----------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..errors import DaemonUnavailable, HearthError
+from ..state import hearth_home, read_json
 from .connection import Connection, connect
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ PICKLE_EXTS = (".ckpt", ".pt", ".pth", ".bin")
 _said: set[str] = set()
 _roots: set[str] = set()
 _roots_sent_to: object = None
+_autostart_tried = False
 
 
 @dataclass
@@ -50,11 +52,33 @@ def _say_once(code: str, message: str) -> None:
 
 def _connect() -> Connection:
     global _roots_sent_to
-    conn = connect()
+    try:
+        conn = connect()
+    except DaemonUnavailable:
+        if not _autostart():
+            raise
+        conn = connect()
     if _roots and _roots_sent_to != (conn.pid, conn.started):
         conn.post("/v1/roots", {"roots": sorted(_roots)})  # a restarted daemon forgets them
         _roots_sent_to = (conn.pid, conn.started)
     return conn
+
+
+def _autostart() -> bool:
+    """Start the daemon, detached, once per process, only where the user set `autostart` in its config."""
+    global _autostart_tried
+    if _autostart_tried or not (read_json(hearth_home() / "config.json", {}) or {}).get("autostart"):
+        return False
+    _autostart_tried = True
+    from ..daemon.spawn import start_daemon
+
+    try:
+        start_daemon()
+    except HearthError as e:
+        log.warning("Hearth: autostart of the daemon failed: %s", e.message)
+        return False
+    log.info("Hearth: started the daemon (autostart is on)")
+    return True
 
 
 def _from_daemon(path: str) -> tuple[dict[str, torch.Tensor], dict]:

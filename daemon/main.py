@@ -86,6 +86,13 @@ def _serve_with_tray(tray, home, token: str, port: int) -> None:
 
 
 async def _serve(home, token: str, port: int, on_ready=None) -> None:
+    # Signals first: once daemon.json is written a client (or a test) may already send SIGTERM, which
+    # must stop the daemon cleanly rather than kill it with the default action.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
     service = Service(home)
     await service.start()
     runner = web.AppRunner(make_app(service, token), access_log=None, handle_signals=False)
@@ -93,16 +100,11 @@ async def _serve(home, token: str, port: int, on_ready=None) -> None:
     site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
     bound = runner.addresses[0][1]
+    if on_ready is not None:
+        on_ready(service, loop, stop, bound, token)
     write_json_atomic(daemon_info_path(), {"pid": os.getpid(), "port": bound, "version": __version__,
                                            "protocol": PROTOCOL, "started": time.time()})
     log.info("Hearth daemon %s listening on 127.0.0.1:%d (state in %s)", __version__, bound, home)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-    if on_ready is not None:
-        on_ready(service, loop, stop, bound, token)
     try:
         await stop.wait()
     finally:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -140,7 +139,7 @@ class ComfyServer:
         except urllib.error.HTTPError as e:
             raise ComfyError(f"POST {path} answered {e.code}: {e.read().decode(errors='replace')}") from None
 
-    def run(self, graph: dict, timeout: float = 120.0) -> Run:
+    def run(self, graph: dict, timeout: float = 600.0) -> Run:
         """Queue an API-format graph, follow it on the websocket until done; images of its SaveImage nodes."""
         return asyncio.run(self._run(graph, timeout))
 

@@ -42,7 +42,8 @@ def models(comfy_checkout: Path, tmp_path_factory: pytest.TempPathFactory) -> Mo
 @pytest.fixture(scope="session")
 def daemon(models: Models, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     shm = Path("/dev/shm") / f"hearth-comfy-tests-{uuid.uuid4().hex[:8]}"
-    d = Daemon(tmp_path_factory.mktemp("hearth-home"), [models.root], shm_dir=shm)
+    # No HEARTH_MODEL_DIRS: the files are allowed only because ComfyUI registers its model folders.
+    d = Daemon(tmp_path_factory.mktemp("hearth-home"), [], shm_dir=shm)
     try:
         yield d.start()
     finally:

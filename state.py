@@ -37,6 +37,12 @@ def shm_dir() -> Path:
     return Path(os.environ.get("HEARTH_SHM_DIR", "/dev/shm"))
 
 
+def shm_space() -> tuple[int, int]:
+    """(total, free) bytes of the segments' tmpfs; raises OSError where it does not exist."""
+    st = os.statvfs(shm_dir())
+    return st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
+
+
 def write_json_atomic(path: Path, data: Any, mode: int = 0o600) -> None:
     """Write JSON to a temporary file beside `path`, then rename it over `path`."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from typing import Protocol
 
 import psutil
 
-from ..state import parse_size, shm_dir
+from ..state import parse_size, shm_space
 
 
 class Evictable(Protocol):
@@ -21,18 +20,16 @@ class Evictable(Protocol):
 
 def shm_total() -> int:
     try:
-        st = os.statvfs(shm_dir())
+        return shm_space()[0]
     except OSError:
         return 0
-    return st.f_blocks * st.f_frsize
 
 
 def shm_free() -> int:
     try:
-        st = os.statvfs(shm_dir())
+        return shm_space()[1]
     except OSError:
         return 0
-    return st.f_bavail * st.f_frsize
 
 
 def default_budget() -> int:

@@ -37,7 +37,7 @@ import comfy.utils
 from ..client import report_strategy
 from ..planner import LADDER, Hardware, ModelSpec, Plan, PlanImpossible, plan
 from ..planner.detect import BF16_MIN_CC, FP8_MIN_CC, GiB, Accelerator
-from ..state import shm_dir
+from ..state import shm_space
 
 log = logging.getLogger("hearth.nodes")
 
@@ -236,8 +236,7 @@ def _hardware(patcher) -> Hardware:
                                     fp8=cc is not None and cc >= FP8_MIN_CC,
                                     bf16=device.type == "mps" or (cc is not None and cc >= BF16_MIN_CC)),)
     try:
-        st = os.statvfs(shm_dir())
-        shm_total, shm_free = st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
+        shm_total, shm_free = shm_space()
     except OSError:
         shm_total = shm_free = 0
     ram_free = mm.get_free_ram() + patcher.model_size() - in_vram

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import psutil
 
+from ..state import shm_dir, shm_space
+
 log = logging.getLogger("hearth.planner")
 
 GiB = 1 << 30
@@ -125,10 +127,8 @@ def _mps(torch, notes: list[str]) -> list[Accelerator]:
 
 
 def _shm(notes: list[str]) -> tuple[int, int]:
-    path = os.environ.get("HEARTH_SHM_DIR") or "/dev/shm"
     try:
-        st = os.statvfs(path)
+        return shm_space()
     except OSError as exc:
-        notes.append(f"no shared memory at {path} ({exc.strerror})")
+        notes.append(f"no shared memory at {shm_dir()} ({exc.strerror})")
         return 0, 0
-    return st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize

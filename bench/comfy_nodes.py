@@ -74,6 +74,16 @@ def memory(pid: int) -> dict[str, int]:
             "uss": fields["Private_Clean"] + fields["Private_Dirty"]}
 
 
+def pixels(run):
+    """The run's image as an array (the PNG files differ in the graph they embed)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(run.images[0])).convert("RGB"))
+
+
 class Bench:
     def __init__(self, checkout: Path, models: Path, extra: Path, ckpt: str, loras: list[str], repeat: int):
         self.checkout, self.models, self.extra, self.ckpt, self.loras = checkout, models, extra, ckpt, loras
@@ -96,21 +106,29 @@ class Bench:
         """Loader node seconds, Hearth and stock alternating; `drop`: the file's page cache dropped first."""
         for stock in (False, True):  # fill the segment, read the file once
             s.run(self.graph(stock))
-        times = {False: [], True: []}
+        times, images = {False: [], True: []}, {}
         for _ in range(self.repeat):
             for stock in (False, True):
                 if drop:
                     drop_page_cache(self.models / "checkpoints" / self.ckpt)
-                times[stock].append(s.run(self.graph(stock)).node_seconds()["1"])
+                run = s.run(self.graph(stock))
+                times[stock].append(run.node_seconds()["1"])
+                images[stock] = pixels(run)
         return {"hearth": statistics.median(times[False]), "stock": statistics.median(times[True]),
-                "hearth_all": times[False], "stock_all": times[True]}
+                "hearth_all": times[False], "stock_all": times[True],
+                "same_pixels": bool((images[False] == images[True]).all())}
 
     def step(self, s: ComfyServer, size: int = 256, few: int = 1, more: int = 2) -> dict:
-        """Seconds per sampler step: (KSampler time with `more` steps - with `few`) / (more - few)."""
+        """Seconds per sampler step: (KSampler time with `more` steps - with `few`) / (more - few).
+
+        In blocks per variant: a discarded run loads the model (and faults in its pages), then the two
+        measured runs sample the same loaded model with new seeds.
+        """
         times = {(stock, n): [] for stock in (False, True) for n in (few, more)}
         for i in range(self.repeat):
-            for n in (few, more):
-                for stock in (False, True):
+            for stock in (False, True):
+                s.run(self.graph(stock, size=size, steps=few, seed=1000 + i))
+                for n in (few, more):
                     run = s.run(self.graph(stock, size=size, steps=n, seed=i))
                     times[stock, n].append(run.node_seconds()["5"])
         med = {k: statistics.median(v) for k, v in times.items()}
@@ -119,7 +137,7 @@ class Bench:
 
     def lora_switch(self, s: ComfyServer, drop: bool) -> dict:
         """LoRA node seconds and whole-prompt seconds when the LoRA changes between runs."""
-        out = {}
+        out, images = {}, {}
         for stock in (False, True):
             node = "8.1" if stock else "8"
             for name in self.loras:  # load the base model, fill or read both LoRAs
@@ -133,9 +151,11 @@ class Bench:
                 run = s.run(self.graph(stock, [(name, 1.0, 1.0)]))
                 prompt_times.append(time.perf_counter() - t0)
                 node_times.append(run.node_seconds()[node])
+                images[stock, name] = pixels(run)
                 assert "1" in run.events("execution_cached")[0]["nodes"], "the base model was reloaded"
             key = "stock" if stock else "hearth"
             out[key], out[f"{key}_prompt"] = statistics.median(node_times), statistics.median(prompt_times)
+        out["same_pixels"] = all(bool((images[False, n] == images[True, n]).all()) for n in self.loras)
         return out
 
     def second_process(self, stock: bool) -> dict:
@@ -206,6 +226,10 @@ def table(r: dict, ckpt_bytes: int, lora_bytes: int) -> str:
     for what, ours, theirs, target in rows:
         ratio = f"{ours / theirs:7.3f}" if theirs else "      -"
         lines.append(f"{what:48} {ours:9.3f} {theirs:9.3f} {ratio}  {target}")
+    same = {p: r[p]["same_pixels"] for p in ("loader", "loader_cold", "lora", "lora_cold") if p in r}
+    if same:
+        lines.append("images bit-identical to the stock graph's: " + ", ".join(
+            f"{p} {'yes' if ok else 'NO'}" for p, ok in same.items()))
     return "\n".join(lines)
 
 

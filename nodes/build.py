@@ -18,12 +18,12 @@ Per tensor:
   too (assigned file tensors, declared dtype kept by `model_management.archive_model_dtypes`);
 - anything else: converted as stock converts it (a copy), then assigned.
 
-LoRA patching (`ModelPatcher.patch_weight_to_device`) rounds a patched weight to the weight's own dtype, so a
-weight kept narrow would round LoRA results where stock keeps fp32. A PREPARE_SAMPLING wrapper on the
-MODEL's patcher (cloned into every LoRA'd copy) therefore gives each patched narrow weight a widened copy as
-an object patch before ComfyUI applies the patches. CLIP has no such hook before its patches are applied,
-so narrow CLIP weights (only with flags such as --fp32-text-enc) are widened right after the build.
-The VAE is never LoRA-patched and stays narrow.
+LoRA patching (`ModelPatcher.patch_weight_to_device`) rounds a patched weight to the weight's own dtype,
+which would round LoRA results to fp16 where stock keeps fp32. Every op whose weight is kept narrow gets
+`set_weight`/`set_bias`, the hook that `model_patcher.get_key_weight` looks up on an op (ComfyUI's
+quantised ops use it): patched values are stored in the dtype stock would store, whichever LoRA node or
+hook patched them, and unpatching restores the shared view. Patched weights are private copies in stock too.
+(Low-VRAM patches apply to the per-op cast weight, already in stock's dtype.)
 """
 
 from __future__ import annotations
@@ -32,13 +32,12 @@ import contextlib
 import functools
 import logging
 import threading
+import weakref
 from collections.abc import Iterator
 
 import torch
 
-import comfy.patcher_extension
 import comfy.sd
-import comfy.utils
 
 log = logging.getLogger("hearth.nodes")
 
@@ -48,12 +47,12 @@ _build_lock = threading.Lock()
 
 
 class _Assigner:
-    """The scoped `load_state_dict`; remembers which parameters it kept narrower than stock would."""
+    """The scoped `load_state_dict`."""
 
     def __init__(self) -> None:
         self.owner = threading.get_ident()
         self.stock = torch.nn.Module.load_state_dict
-        self.narrow: dict[int, torch.dtype] = {}  # id(parameter) -> the dtype stock would have stored
+        self.narrowed = 0  # parameters kept narrower than stock would store them
 
     def load_state_dict(self, module: torch.nn.Module, state_dict, strict: bool = True, assign: bool = False):
         if assign or threading.get_ident() != self.owner:
@@ -75,12 +74,25 @@ class _Assigner:
         result = self.stock(module, given, strict=strict, assign=True)
         for op, attr, dtype in narrow:
             op.comfy_cast_weights = True
-            self.narrow[id(getattr(op, attr))] = dtype
+            # A weak reference: the op must not keep itself alive through its own attribute.
+            setattr(op, f"set_{attr}", functools.partial(_store_patched, weakref.ref(op), attr, dtype))
+            self.narrowed += 1
         return result
 
-    def narrowed_in(self, module: torch.nn.Module) -> dict[str, tuple[torch.Tensor, torch.dtype]]:
-        """name -> (parameter, stock dtype) of `module`'s parameters that were kept narrow."""
-        return {name: (p, self.narrow[id(p)]) for name, p in module.named_parameters() if id(p) in self.narrow}
+
+def _store_patched(op_ref: weakref.ref, attr: str, dtype: torch.dtype, value: torch.Tensor,
+                   inplace_update: bool = False, seed: int | None = None, return_weight: bool = False,
+                   **kwargs) -> torch.Tensor | None:
+    """An op's `set_weight`/`set_bias`: a patched value in stock's dtype, never rounded to the narrow one.
+
+    Even for `inplace_update` the parameter is replaced: writing into the narrow shared view would round;
+    the patcher restores its backup into whatever parameter is current, so values stay stock's.
+    """
+    value = value.to(dtype)
+    if return_weight:
+        return value
+    setattr(op_ref(), attr, torch.nn.Parameter(value, requires_grad=False))
+    return None
 
 
 @contextlib.contextmanager
@@ -115,26 +127,6 @@ def build_checkpoint(tensors: dict[str, torch.Tensor], metadata: dict | None,
         out, a = stock_build(), None
     if out is None:
         raise RuntimeError("ERROR: Could not detect model type of the checkpoint")
-    model, clip, vae = out[:3]
-    if a is not None and a.narrow:
-        if model is not None:
-            _keep_lora_results_wide(model, a.narrowed_in(model.model))
-        if clip is not None:
-            for name, (param, dtype) in a.narrowed_in(clip.cond_stage_model).items():
-                comfy.utils.set_attr_param(clip.cond_stage_model, name, param.to(dtype))
-    return model, clip, vae
-
-
-def _keep_lora_results_wide(patcher, narrow: dict[str, tuple[torch.Tensor, torch.dtype]]) -> None:
-    if narrow:
-        patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREPARE_SAMPLING, "hearth.lora_dtype",
-                                     functools.partial(_widen_patched, narrow))
-
-
-def _widen_patched(narrow: dict[str, tuple[torch.Tensor, torch.dtype]], executor, model, *args, **kwargs):
-    """PREPARE_SAMPLING wrapper: widen the narrow base weights that carry patches before ComfyUI applies them."""
-    for key in model.patches:
-        if key in narrow and key not in model.object_patches:
-            weight, dtype = narrow[key]
-            model.add_object_patch(key, torch.nn.Parameter(weight.to(dtype), requires_grad=False))
-    return executor(model, *args, **kwargs)
+    if a is not None and a.narrowed:
+        log.debug("Hearth: %d weights kept narrow, cast per op", a.narrowed)
+    return out[:3]

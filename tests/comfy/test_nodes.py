@@ -95,12 +95,14 @@ def test_a_second_comfyui_process_gets_a_cache_hit(comfy_checkout, models, daemo
 def test_daemon_down_loads_the_stock_way_and_says_why_once(comfy_checkout, models, stock, tmp_path):
     server = start_comfy(comfy_checkout, models, tmp_path / "comfy", tmp_path / "no-daemon-home")
     try:
-        for loras in ([(LORA_A, 1.0, 1.0)], [(LORA_B, 1.0, 1.0)]):
+        reasons = set()
+        for loras in ([(LORA_A, 1.0, 1.0)], [(LORA_B, 1.0, 1.0)]):  # three loads: checkpoint, LoRA, LoRA
             run = server.run(hearth_graph(loras))
             np.testing.assert_array_equal(pixels(run), stock(loras))
             assert {e["status"] for e in loads(run)} == {"fallback"}
-            assert all("not running" in e["reason"] for e in loads(run)), loads(run)
-        assert server.log().count("loading without the cache") == 1, server.log()
+            reasons |= {e["reason"] for e in loads(run)}
+        [reason] = reasons
+        assert reason and server.log().count(reason) == 1, server.log()
     finally:
         server.stop()
 

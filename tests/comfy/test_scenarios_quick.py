@@ -1,0 +1,44 @@
+"""The scenario benchmark's --quick mode against the real ComfyUI: every scenario gives numbers, and the chart,
+the JSON and the README text are written. Targets are not checked here (tiny model, one repeat, a CI machine)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import comfy_support  # noqa: F401  (puts the repository's bench/ on sys.path)
+
+from bench.scenarios.report import rows
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_quick_run_measures_every_scenario_and_draws_the_chart(comfy_checkout, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "bench.scenarios", "--quick", "--out", str(tmp_path)],
+                         cwd=REPO, capture_output=True, text=True, timeout=1800)
+    assert out.returncode == 0, out.stderr[-4000:]
+    doc = json.loads((tmp_path / "scenarios.json").read_text())
+    assert set(doc["scenarios"]) == {str(n) for n in range(1, 8)}
+
+    measured = {r.scenario for r in rows(doc)
+                if r.stock and r.hearth and all(math.isfinite(v) and v >= 0 for v in r.stock + r.hearth)}
+    assert measured >= {str(n) for n in range(1, 7)}, measured
+    s7 = doc["scenarios"]["7"]
+    assert "7" in measured or s7.get("skipped"), s7  # CUDA: numbers, or the reason it was skipped
+
+    s = doc["scenarios"]
+    assert all(r["status"] == "hit" for n in ("1", "2", "5") for r in s[n]["hearth"]), "Hearth missed its warm segment"
+    for side in ("stock", "hearth"):
+        steps = s["4"][side]["steps"]
+        assert all(x["loader_cached"] for x in steps), f"{side}: the base model was rebuilt on a LoRA switch"
+        assert all(x["equals_base"] == (x["lora"] == "none") for x in steps), f"{side}: {steps}"
+    assert all(s["6"]["hit"]), "the restarted daemon refilled instead of re-adopting"
+
+    png = tmp_path / "scenarios.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    readme = (tmp_path / "README-results.md").read_text()
+    assert "bench/scenarios.png" in readme and "| 1 |" in readme
+    assert "Hearth / stock" in out.stdout

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import comfy_support  # noqa: F401  (puts the repository's bench/ on sys.path)
+from . import comfy_support  # noqa: F401  (puts the repository's bench/ on sys.path)
 
 from bench.scenarios.report import rows
 

@@ -15,9 +15,6 @@ import time
 from .errors import BadRequest, HearthError
 from .state import format_size
 
-log = logging.getLogger("hearth.cli")
-
-
 def _conn():
     from .client.connection import connect
 

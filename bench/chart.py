@@ -29,7 +29,7 @@ def _font(size: int) -> ImageFont.FreeTypeFont:
 
 
 def draw(doc: dict, path: Path) -> Path:
-    panels = [(title, [r for r in rows(doc) if r.chart == key and r.stock and r.hearth]) for key, title in PANELS]
+    panels = [(title, [r for r in rows(doc) if r.chart == key and (r.stock or r.hearth)]) for key, title in PANELS]
     panels = [(t, rs) for t, rs in panels if rs]
     height = 90 + sum(70 + ROW_H * len(rs) for _, rs in panels) + 30
     img = Image.new("RGB", (WIDTH, height), "white")
@@ -38,7 +38,8 @@ def draw(doc: dict, path: Path) -> Path:
     d.text((20, 16), "Hearth vs stock ComfyUI: SD1.5 checkpoint "
            f"({doc['checkpoint']['bytes'] / 1e9:.1f} GB fp16), median of fresh processes", font=_font(22), fill=INK)
     d.text((20, 48), f"{m['cpu']}, {m['cores']} cores, {m['ram_gib']:.0f} GiB, ComfyUI {m['comfyui']}, CPU only; "
-           f"{doc['date']}", font=_font(14), fill=MUTED)
+           f"{doc['date']}; load average {m['load_before'].split()[0]} before, {m['load_after'].split()[0]} after",
+           font=_font(14), fill=MUTED)
     _legend(d, WIDTH - 250, 50)
     y = 90
     for title, rs in panels:
@@ -57,7 +58,7 @@ def _legend(d: ImageDraw.ImageDraw, x: int, y: int) -> None:
 def _panel(d: ImageDraw.ImageDraw, y: int, title: str, rs: list[Row], log: bool) -> int:
     d.text((20, y), title, font=_font(17), fill=INK)
     top, x0, x1 = y + 34, LEFT, WIDTH - RIGHT
-    values = [v for r in rs for v in (statistics.median(r.stock), statistics.median(r.hearth))]
+    values = [statistics.median(xs) for r in rs for xs in (r.stock, r.hearth) if xs]
     scale = _LogScale(values, x0, x1) if log else _LinearScale(values, x0, x1)
     bottom = top + ROW_H * len(rs)
     for value, label in scale.ticks():
@@ -71,8 +72,11 @@ def _panel(d: ImageDraw.ImageDraw, y: int, title: str, rs: list[Row], log: bool)
         if r.stock_is:
             d.text((34, ry + 24), f"grey bar: {r.stock_is}", font=_font(12), fill=MUTED)
         for j, (values, color) in enumerate(((r.stock, STOCK), (r.hearth, HEARTH))):
-            v = statistics.median(values)
             by = ry + 4 + j * (BAR_H + 2)
+            if not values:
+                d.text((x0 + 5, by + BAR_H // 2), "not run (see the notes)", font=_font(12), fill=MUTED, anchor="lm")
+                continue
+            v = statistics.median(values)
             d.rectangle((x0, by, max(x0 + 1, scale(v)), by + BAR_H), fill=color)
             d.text((max(x0 + 1, scale(v)) + 5, by + BAR_H // 2), _value(v, r.unit), font=_font(12), fill=INK,
                    anchor="lm")

@@ -56,6 +56,36 @@ def scenarios(b: Bench, repeats: int, counts: tuple[int, ...], segment: Path) ->
     }
 
 
+def measure(checkout: Path, quick: bool, repeats: int, only: set[str] | None, partial: Path) -> dict:
+    """Build or find the models, start the private daemon, run the chosen scenarios; the run's document.
+
+    After each scenario the document so far is written to `partial`: a crash keeps what was measured.
+    """
+    counts = (1, 2) if quick else (1, 2, 4)
+    doc = {"date": time.strftime("%Y-%m-%d %H:%M"), "mode": "quick" if quick else "full", "repeats": repeats,
+           "machine": machine(checkout), "scenarios": {}}
+    t_start = time.perf_counter()
+    _say(f"building or finding the {'tiny' if quick else 'full-size'} SD1.5 checkpoint and two LoRAs...")
+    models = build_models(checkout, "tiny" if quick else "full")
+    doc["checkpoint"] = {"name": CKPT, "bytes": models.checkpoint.stat().st_size}
+    doc["loras"] = {name: models.lora(name).stat().st_size for name in LORAS}
+    with bench(checkout, models) as b:
+        segment = Path(b.warm_segments()[CKPT]["segment"])
+        for n, (title, run) in scenarios(b, repeats, counts, segment).items():
+            if only is not None and n not in only:
+                continue
+            _say(f"scenario {n}: {title}...")
+            try:
+                doc["scenarios"][n] = run()
+            except Exception as e:  # noqa: BLE001 - one failed scenario must not lose the others' figures
+                _say(f"scenario {n} failed: {type(e).__name__}: {e}")
+                doc["scenarios"][n] = {"error": f"{type(e).__name__}: {str(e)[:400]}"}
+            partial.write_text(json.dumps(doc, indent=1))
+    doc["machine"]["load_after"] = _load()
+    doc["wall_s"] = time.perf_counter() - t_start
+    return doc
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny SD1.5-format checkpoint, one repeat (tests)")
@@ -66,43 +96,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--render", type=Path, metavar="JSON", help="only redraw the table, chart and README text "
                                                                "from a run's scenarios.json (into --out)")
     args = ap.parse_args(argv)
+    out_dir = args.out or (args.render.parent if args.render else BENCH / "out" / "quick" if args.quick else BENCH)
+    out_dir.mkdir(parents=True, exist_ok=True)
     if args.render:
-        out_dir = args.out or args.render.parent
-        out_dir.mkdir(parents=True, exist_ok=True)
         write(json.loads(args.render.read_text()), out_dir)
         return 0
     checkout, why = find_comfyui()
     if checkout is None:
         print(f"cannot run: {why}", file=sys.stderr)
         return 2
-    repeats = args.repeats or (1 if args.quick else 3)
-    counts = (1, 2) if args.quick else (1, 2, 4)
-    only = set(args.only.split(",")) if args.only else None
-    out_dir = args.out or (BENCH / "out" / "quick" if args.quick else BENCH)
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-    doc = {"date": time.strftime("%Y-%m-%d %H:%M"), "mode": "quick" if args.quick else "full",
-           "repeats": repeats, "machine": machine(checkout), "scenarios": {}}
-    t_start = time.perf_counter()
-    _say(f"building or finding the {'tiny' if args.quick else 'full-size'} SD1.5 checkpoint and two LoRAs...")
-    models = build_models(checkout, "tiny" if args.quick else "full")
-    doc["checkpoint"] = {"name": CKPT, "bytes": models.checkpoint.stat().st_size}
-    doc["loras"] = {name: models.lora(name).stat().st_size for name in LORAS}
-    with bench(checkout, models) as b:
-        segment = Path(b.warm_segments()[CKPT]["segment"])
-        for n, (title, run) in scenarios(b, repeats, counts, segment).items():
-            if only is None or n in only:
-                _say(f"scenario {n}: {title}...")
-                try:
-                    doc["scenarios"][n] = run()
-                except Exception as e:  # noqa: BLE001 - one failed scenario must not lose the others' figures
-                    _say(f"scenario {n} failed: {type(e).__name__}: {e}")
-                    doc["scenarios"][n] = {"error": f"{type(e).__name__}: {str(e)[:400]}"}
-                (out_dir / "scenarios.partial.json").write_text(json.dumps(doc, indent=1))
-    doc["machine"]["load_after"] = _load()
-    doc["wall_s"] = time.perf_counter() - t_start
+    partial = out_dir / "scenarios.partial.json"
+    doc = measure(checkout, args.quick, args.repeats or (1 if args.quick else 3),
+                  set(args.only.split(",")) if args.only else None, partial)
     write(doc, out_dir)
-    (out_dir / "scenarios.partial.json").unlink(missing_ok=True)
+    partial.unlink(missing_ok=True)
     return 1 if any("error" in r for r in doc["scenarios"].values()) else 0
 
 
@@ -119,11 +126,16 @@ def write(doc: dict, out_dir: Path) -> None:
 
 
 def readme_text(doc: dict, table: str, said: list[str]) -> str:
+    m = doc["machine"]
+    busy = max(float(x) for x in (m["load_before"] + " " + m["load_after"]).split()) > m["cores"]
+    caveat = ([f"Read with care: the load average was above the machine's {m['cores']} cores during this run: "
+               "other work shared the CPU, and the times (medians most) carry its noise; the memory figures do not."]
+              if busy else [])
     return "\n".join([
-        "## Measured: stock ComfyUI vs Hearth", "",
+        "## Measured: stock ComfyUI vs Hearth (`python -m bench.scenarios`)", "",
         "![stock vs Hearth per scenario](bench/scenarios.png)", "",
         header(doc), "", table, "",
-        *[f"- {n}" for n in said], "",
+        *[f"- {n}" for n in said], "", *caveat, *([""] if caveat else []),
         "Reproduce with `pip install .[bench]` and `python -m bench.scenarios` (a ComfyUI checkout at "
         "`$HEARTH_COMFYUI` or `~/comfy/ComfyUI`); every run's figures and what they taught are in "
         "[bench/RESULTS.md](bench/RESULTS.md).", ""])

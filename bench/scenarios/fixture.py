@@ -39,7 +39,6 @@ LORA_RANK = {"full": 256, "tiny": 8}
 class Models:
     root: Path  # checkpoints/ and loras/
     extra_model_paths: Path
-    shape: str
 
     @property
     def checkpoint(self) -> Path:
@@ -64,7 +63,7 @@ def build_models(checkout: Path, shape: str) -> Models:
             tmp = out.with_name(f".{name}.building.safetensors")
             build_lora(ckpt, tmp, rank=LORA_RANK[shape], seed=seed)
             os.replace(tmp, out)
-    return Models(root, write_extra_model_paths(root / "extra_model_paths.yaml", root), shape)
+    return Models(root, write_extra_model_paths(root / "extra_model_paths.yaml", root))
 
 
 def warm_page_cache(path: Path) -> None:

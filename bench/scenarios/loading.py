@@ -92,7 +92,3 @@ def first_prompt(bench: Bench, repeats: int) -> dict:
     """Scenario 5: the first txt2img prompt (1 step, 64x64) of a fresh ComfyUI, page cache and segment warm."""
     return series(repeats, lambda side: fresh_process(bench, side, txt2img_graph(side), "warm"))
 
-
-def all_hits(result: dict) -> bool:
-    """Every Hearth measurement of a scenario was served from the warm segment (else it proves nothing)."""
-    return all(r["status"] == "hit" for r in result[HEARTH])

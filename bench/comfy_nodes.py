@@ -12,8 +12,8 @@ Hearth segment was filled moments before.
 Rows:
 - checkpoint loader node, warm: HearthCheckpointLoader vs CheckpointLoaderSimple (median of N); and the same
   after the file's page cache was dropped (posix_fadvise DONTNEED: what memory pressure or Dynamic VRAM do);
-- sampler step: KSampler's time per extra step at 256x256 (Hearth keeps the UNet fp16 and casts per op on
-  CPU, stock widens it to fp32 at load);
+- sampler step: KSampler's time per extra step at --step-size (Hearth keeps the UNet fp16 and casts per op
+  on CPU, stock widens it to fp32 at load);
 - second process: two ComfyUI processes that ran the same graph; what the second one adds to the machine
   (sum of both processes' PSS after minus before its prompt, which equals its private growth), and its own
   RSS/PSS growth, as multiples of the checkpoint's size;
@@ -85,9 +85,10 @@ def pixels(run):
 
 
 class Bench:
-    def __init__(self, checkout: Path, models: Path, extra: Path, ckpt: str, loras: list[str], repeat: int):
+    def __init__(self, checkout: Path, models: Path, extra: Path, ckpt: str, loras: list[str], repeat: int,
+                 step_size: int):
         self.checkout, self.models, self.extra, self.ckpt, self.loras = checkout, models, extra, ckpt, loras
-        self.repeat = repeat
+        self.repeat, self.step_size = repeat, step_size
         self.work = OUT / "run"
         shutil.rmtree(self.work, ignore_errors=True)
         self.shm = Path("/dev/shm") / f"hearth-bench-{uuid.uuid4().hex[:8]}"
@@ -118,7 +119,7 @@ class Bench:
                 "hearth_all": times[False], "stock_all": times[True],
                 "same_pixels": bool((images[False] == images[True]).all())}
 
-    def step(self, s: ComfyServer, size: int = 256, few: int = 1, more: int = 2) -> dict:
+    def step(self, s: ComfyServer, few: int = 1, more: int = 2) -> dict:
         """Seconds per sampler step: (KSampler time with `more` steps - with `few`) / (more - few).
 
         In blocks per variant: a discarded run loads the model (and faults in its pages), then the two
@@ -127,13 +128,13 @@ class Bench:
         times = {(stock, n): [] for stock in (False, True) for n in (few, more)}
         for i in range(self.repeat):
             for stock in (False, True):
-                s.run(self.graph(stock, size=size, steps=few, seed=1000 + i))
+                s.run(self.graph(stock, size=self.step_size, steps=few, seed=1000 + i))
                 for n in (few, more):
-                    run = s.run(self.graph(stock, size=size, steps=n, seed=i))
+                    run = s.run(self.graph(stock, size=self.step_size, steps=n, seed=i))
                     times[stock, n].append(run.node_seconds()["5"])
         med = {k: statistics.median(v) for k, v in times.items()}
-        return {("stock" if stock else "hearth"): (med[stock, more] - med[stock, few]) / (more - few)
-                for stock in (False, True)}
+        return {"size": self.step_size, **{("stock" if stock else "hearth"): (med[stock, more] - med[stock, few])
+                                           / (more - few) for stock in (False, True)}}
 
     def lora_switch(self, s: ComfyServer, drop: bool) -> dict:
         """LoRA node seconds and whole-prompt seconds when the LoRA changes between runs."""
@@ -212,7 +213,8 @@ def table(r: dict, ckpt_bytes: int, lora_bytes: int) -> str:
 
     pair("checkpoint loader node, warm (s)", "loader", target="<= 0.2x")
     pair("checkpoint loader node, page cache dropped (s)", "loader_cold")
-    pair("KSampler, per step at 256x256 (s)", "step")
+    if "step" in r:
+        pair(f"KSampler, per step at {r['step']['size']}x{r['step']['size']} (s)", "step")
     memory_row("2nd process adds to the machine (x ckpt)", "machine", "<= 0.2")
     memory_row("2nd process RSS growth (x ckpt)", "second_rss")
     memory_row("2nd process PSS growth (x ckpt)", "second_pss")
@@ -237,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tiny", action="store_true", help="the tests' tiny SD1.5 shape instead of the full one")
     p.add_argument("--repeat", type=int, default=3, help="measured runs per variant (median reported)")
+    p.add_argument("--step-size", type=int, default=256, help="image size of the sampler step rows")
     p.add_argument("--phases", default="memory,loader,step,lora",
                    help="comma-separated subset of memory,loader,step,lora")
     args = p.parse_args(argv)
@@ -250,12 +253,13 @@ def main(argv: list[str] | None = None) -> int:
     ckpt_bytes = (models / "checkpoints" / ckpt).stat().st_size
     lora_bytes = (models / "loras" / loras[0]).stat().st_size
     OUT.mkdir(parents=True, exist_ok=True)
-    out = OUT / f"results-{shape}.json"
+    out = OUT / f"results-{shape}-{time.strftime('%Y%m%d-%H%M%S')}.json"
 
     def save(results: dict) -> None:
         out.write_text(json.dumps({"checkpoint_bytes": ckpt_bytes, "lora_bytes": lora_bytes, **results}, indent=1))
 
-    results = Bench(checkout, models, extra, ckpt, loras, args.repeat).run(args.phases.split(","), save)
+    bench = Bench(checkout, models, extra, ckpt, loras, args.repeat, args.step_size)
+    results = bench.run(args.phases.split(","), save)
     print(table(results, ckpt_bytes, lora_bytes))
     return 0
 

@@ -7,22 +7,23 @@ or the daemon's server is imported until it is used.
 
 import sys
 
-from .version import __version__
-
 __all__ = ["__version__", "load_state_dict"]
 
+# Imported as a plain module, not as a package: pytest does that to the root of a clone whose folder name
+# is not an identifier (`custom_nodes/comfyui-hearth`); relative imports cannot work there, nothing needs them.
+if __package__:
+    from .version import __version__
 
-def __getattr__(name):
-    # Lazy so that `hearth status` and the daemon never pay for importing torch.
-    if name == "load_state_dict":
-        from .client import load_state_dict
+    def __getattr__(name):
+        # Lazy so that `hearth status` and the daemon never pay for importing torch.
+        if name == "load_state_dict":
+            from .client import load_state_dict
 
-        return load_state_dict
-    raise AttributeError(name)
+            return load_state_dict
+        raise AttributeError(name)
 
+    if "folder_paths" in sys.modules and "comfy" in sys.modules:
+        from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: F401
 
-if "folder_paths" in sys.modules and "comfy" in sys.modules:
-    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: F401
-
-    WEB_DIRECTORY = "./web"
-    __all__ += ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]
+        WEB_DIRECTORY = "./web"
+        __all__ += ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]

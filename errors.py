@@ -55,8 +55,15 @@ class DaemonUnavailable(HearthError):
     code, http_status = "daemon_unavailable", 503
 
 
+class DaemonStalled(DaemonUnavailable):
+    """The daemon stopped answering, or its fills stopped moving, while a client waited on an acquire."""
+
+    code = "daemon_stalled"
+
+
 _BY_CODE = {cls.code: cls for cls in (BadHeader, NotAllowed, OverBudget, ShmFull, SourceChanged,
-                                       NotFound, Unauthorized, BadRequest, DaemonUnavailable)}
+                                       NotFound, Unauthorized, BadRequest, DaemonUnavailable,
+                                       DaemonStalled)}
 
 
 def from_code(code: str, message: str) -> HearthError:

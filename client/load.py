@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import DaemonUnavailable, HearthError
 from ..state import hearth_home, read_json
+from .acquire import acquire
 from .connection import Connection, connect
 
 if TYPE_CHECKING:
@@ -86,7 +87,7 @@ def _from_daemon(path: str) -> tuple[dict[str, torch.Tensor], dict]:
 
     conn = _connect()
     for attempt in (0, 1):
-        answer = conn.post("/v1/acquire", {"path": path, "pid": os.getpid()}, timeout=None)
+        answer = acquire(conn, path)
         try:
             tensors = map_segment(answer["segment"], answer["size"], path)
         except FileNotFoundError:

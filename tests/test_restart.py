@@ -56,6 +56,54 @@ def test_daemon_killed_mid_fill(daemon):
     assert d.status()["segments"] == []
 
 
+def test_a_frozen_daemon_never_hangs_a_load(daemon):
+    """SIGSTOP mid-fill: the waiting client gives up after HEARTH_STALL_S and loads the stock way."""
+    d = daemon
+    big = make_sparse_model(d.models / "big.safetensors", 1024 * MB, seed=8)
+    c = d.client(f"""
+    sys.path.insert(0, {TESTS!r})
+    from conftest import sample_tensors
+    want = sample_tensors(8, 256)
+    say(ready=True)
+    sys.stdin.readline()
+    r = load({str(big)!r})
+    small = {{k: v for k, v in r.tensors.items() if k != "model.big"}}
+    say(cached=r.cached, reason=r.reason, same=same(small, want), pid=os.getpid())
+    sys.stdin.readline()
+    """, env={"HEARTH_STALL_S": "3"})
+    assert c.read() == {"ready": True}
+    c.tell()
+    deadline = time.monotonic() + 30
+    while not any(n.endswith(".part") for n in d.shm_names()):
+        assert time.monotonic() < deadline, "the fill never started"
+        time.sleep(0.0005)
+    d.proc.send_signal(signal.SIGSTOP)
+    try:
+        got = c.read(timeout=60)
+    finally:
+        d.proc.send_signal(signal.SIGCONT)
+    assert got["cached"] is False and got["same"] is True, got
+    assert "neither answered nor filled for 3 s" in got["reason"], got
+
+    # Thawed, the daemon ends its fill and serves the file; the abandoned acquire, answered at last,
+    # gives its lease back although its process lives on (a lease alone would last LEASE_GRACE_S).
+    rc, out, err = d.run_client(f"""
+    r = load({str(big)!r})
+    say(cached=r.cached)
+    """)
+    assert rc == 0 and out == [{"cached": True}], (out, err)
+    deadline = time.monotonic() + 10
+    while True:
+        seg = next(s for s in d.status()["segments"] if s["path"] == str(big))
+        if seg["holders"] == [] or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert seg["state"] == "ready" and seg["holders"] == [], seg
+    c.tell()
+    rc, _, err = c.finish()
+    assert rc == 0 and "loading without the cache" in err, err
+
+
 def test_clients_outlive_a_killed_daemon(daemon):
     d = daemon
     a = make_model(d.models / "a.safetensors", seed=2)

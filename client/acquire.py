@@ -1,0 +1,75 @@
+"""Waiting for an acquire without ever hanging on a daemon that stopped working.
+
+An acquire answers when its fill ends: milliseconds for a hit, a minute for a cold 23 GB file, so no fixed
+timeout fits. Instead, while the answer is outstanding, the daemon is asked for its status every few
+seconds: as long as it answers and some fill moves (ours, or the ones ours queues behind), we wait. When it
+neither answers nor moves for `stall_seconds()`, the load gives up on the cache and loads the stock way.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+from ..errors import DaemonStalled, HearthError
+from .connection import Connection
+
+PROBE_S = 2.0  # how often a waiting client looks at the daemon, and how long one look may take
+DEFAULT_STALL_S = 30.0
+
+
+def stall_seconds() -> float:
+    """How long the daemon may go without answering or filling before a load stops waiting for it."""
+    try:
+        return max(float(os.environ.get("HEARTH_STALL_S", DEFAULT_STALL_S)), PROBE_S)
+    except ValueError:
+        return DEFAULT_STALL_S
+
+
+def _progress(status: dict) -> tuple:
+    """What changes while the daemon's fills move: bytes filled so far, and fills that ended either way."""
+    stats = status.get("stats", {})
+    filling = tuple((s.get("key"), s.get("filled")) for s in status.get("segments", ())
+                    if s.get("state") == "filling")
+    return filling, stats.get("fills"), len(status.get("failures", ()))
+
+
+def acquire(conn: Connection, path: str) -> dict:
+    """POST /v1/acquire for this process; raises DaemonStalled when the daemon stops answering or moving."""
+    pid = os.getpid()
+    done = threading.Event()
+    given_up = threading.Event()
+    result: dict = {}
+
+    def request() -> None:
+        try:
+            result["answer"] = conn.post("/v1/acquire", {"path": path, "pid": pid}, timeout=None)
+        except BaseException as e:  # handed to the waiting thread
+            result["error"] = e
+        done.set()
+        if given_up.is_set() and "answer" in result:
+            # Nobody will map it: free the lease now rather than leave the segment "held" by this pid.
+            try:
+                conn.post("/v1/release", {"key": result["answer"]["key"], "pid": pid}, timeout=PROBE_S)
+            except HearthError:
+                pass
+
+    # A daemon thread: a request stuck on a frozen daemon must not keep the process from exiting.
+    threading.Thread(target=request, name="hearth-acquire", daemon=True).start()
+    limit = stall_seconds()
+    last_mark, last_change = None, time.monotonic()
+    while not done.wait(PROBE_S):
+        try:
+            mark = _progress(conn.get("/v1/status", timeout=PROBE_S))
+        except HearthError:
+            mark = last_mark  # no answer is no progress
+        if mark != last_mark:
+            last_mark, last_change = mark, time.monotonic()
+        elif time.monotonic() - last_change > limit and not done.is_set():
+            given_up.set()
+            raise DaemonStalled(f"the daemon neither answered nor filled for {limit:.0f} s while {path} "
+                                f"was being acquired (HEARTH_STALL_S sets this limit)")
+    if "error" in result:
+        raise result["error"]
+    return result["answer"]

@@ -222,6 +222,11 @@ def _idle_io_priority() -> None:
         pass
 
 
+# One reservation at a time: two fallocates racing on a nearly full tmpfs can each take part of the
+# room, both fail with ENOSPC and both give their part back, where one alone would have fitted.
+_reserving = threading.Lock()
+
+
 def fill(source: SourceId, progress: Callable[[int], None] = lambda n: None,
          idle_io: bool = False) -> tuple[int, Header]:
     """Copy `source` into a new segment and publish it; return its open read-only fd and header.
@@ -239,7 +244,8 @@ def fill(source: SourceId, progress: Callable[[int], None] = lambda n: None,
         try:
             try:
                 if source.size:
-                    os.posix_fallocate(dst, 0, source.size)
+                    with _reserving:
+                        os.posix_fallocate(dst, 0, source.size)
             except OSError as e:
                 if e.errno in (errno.ENOSPC, errno.EFBIG):
                     free = os.statvfs(part.parent)

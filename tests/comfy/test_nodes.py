@@ -3,6 +3,9 @@ LoRA switches without reloads, in-place LoRA writes kept private, and degrade-do
 
 from __future__ import annotations
 
+import os
+import time
+
 import numpy as np
 import pytest
 from .comfy_support import CKPT, LORA_A, LORA_B, hearth_graph, loads, pixels, start_comfy
@@ -44,6 +47,21 @@ def test_switching_loras_reuses_the_base_model_and_reads_no_file(comfy, stock):
         assert [e["kind"] for e in loads(run)] == ["lora"] * len(loras)
         assert all(e["status"] in ("hit", "miss") for e in loads(run)), loads(run)  # from the segment
         np.testing.assert_array_equal(pixels(run), stock(loras or None))  # no LoRA: the base image
+
+
+def test_switching_back_reuses_the_patches_until_the_file_changes(comfy, models, stock):
+    a, b = [(LORA_A, 1.0, 1.0)], [(LORA_B, 1.0, 1.0)]
+    stock(a), stock(b)
+    comfy.run(hearth_graph(a))
+    comfy.run(hearth_graph(b))
+    run = comfy.run(hearth_graph(a))
+    assert [e["patches_reused"] for e in loads(run)] == [True], loads(run)
+    np.testing.assert_array_equal(pixels(run), stock(a))
+    path = models.path("loras", LORA_B)
+    os.utime(path, ns=(time.time_ns(), time.time_ns()))  # a new version of the file: a new segment key
+    run = comfy.run(hearth_graph(b))
+    assert [(e["status"], e["patches_reused"]) for e in loads(run)] == [("miss", False)], loads(run)
+    np.testing.assert_array_equal(pixels(run), stock(b))
 
 
 def _with_hook_lora(graph: dict, lora: str) -> dict:

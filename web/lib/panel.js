@@ -344,5 +344,6 @@ function cacheText(ev) {
 function loadText(ev) {
   const what = { hit: "cache hit", miss: "cache miss", fallback: "not cached" }[ev.status] || ev.status;
   const secs = typeof ev.seconds === "number" ? ` in ${ev.seconds.toFixed(3)} s` : "";
-  return `${ev.kind || "model"} ${ev.name || ""}: ${what}${secs}${ev.status === "fallback" && ev.reason ? ` (${ev.reason})` : ""}`;
+  const kept = ev.patches_reused ? ", patches reused" : "";
+  return `${ev.kind || "model"} ${ev.name || ""}: ${what}${kept}${secs}${ev.status === "fallback" && ev.reason ? ` (${ev.reason})` : ""}`;
 }

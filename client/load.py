@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -96,13 +97,19 @@ def _from_daemon(path: str) -> tuple[dict[str, torch.Tensor], dict]:
             continue
         # The lease covered the gap until our flock; from now on the flock says "held", for exactly as
         # long as the tensors live. Left in place, the lease would keep a model this process has already
-        # dropped unevictable for LEASE_GRACE_S (ComfyUI switching models within the budget).
-        try:
-            conn.post("/v1/release", {"key": answer["key"], "pid": os.getpid()})
-        except HearthError as e:
-            log.debug("release of %s not sent: %s", path, e.message)
+        # dropped unevictable for LEASE_GRACE_S (ComfyUI switching models within the budget). Sent from a
+        # thread: the load need not wait for the answer.
+        threading.Thread(target=_release, args=(conn, answer["key"], path), name="hearth-release",
+                         daemon=True).start()
         return tensors, answer
     raise AssertionError("unreachable")
+
+
+def _release(conn: Connection, key: str, path: str) -> None:
+    try:
+        conn.post("/v1/release", {"key": key, "pid": os.getpid()})
+    except HearthError as e:
+        log.debug("release of %s not sent: %s", path, e.message)
 
 
 def _plain(path: str) -> dict[str, torch.Tensor]:

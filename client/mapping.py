@@ -11,7 +11,9 @@ from __future__ import annotations
 import fcntl
 import mmap
 import os
+import threading
 import weakref
+from collections import OrderedDict
 
 import torch
 
@@ -30,6 +32,28 @@ DTYPES = {
 }
 
 
+# Validated headers by the segment file's identity: a segment is never rewritten in place (a refill is a new
+# file, a new inode), so a header checked once for this inode stays valid; parsing one costs ~5 ms.
+_HEADERS_KEPT = 64
+_headers: OrderedDict[tuple, Header] = OrderedDict()
+_headers_lock = threading.Lock()
+
+
+def _header(fd: int, st: os.stat_result, name: str) -> Header:
+    ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    with _headers_lock:
+        header = _headers.get(ident)
+        if header is not None:
+            _headers.move_to_end(ident)
+            return header
+    header = read_header(fd, name)
+    with _headers_lock:
+        _headers[ident] = header
+        while len(_headers) > _HEADERS_KEPT:
+            _headers.popitem(last=False)
+    return header
+
+
 class _Mapping(mmap.mmap):
     """An mmap that can carry a finalizer (plain mmap objects take weak references too, but not attributes)."""
 
@@ -45,7 +69,7 @@ def map_segment(path: str, expected_size: int, name: str) -> dict[str, torch.Ten
         size = st.st_size
         if size != expected_size:
             raise SourceChanged(f"segment for {name} is {size} bytes, expected {expected_size}")
-        header = read_header(fd, name)
+        header = _header(fd, st, name)
         unsupported = {e.dtype for e in header.tensors if DTYPES.get(e.dtype) is None}
         if unsupported:
             raise TypeError(f"this torch cannot hold dtypes {sorted(unsupported)} of {name}")

@@ -9,6 +9,8 @@ import subprocess
 import urllib.request
 from pathlib import Path
 
+from . import process
+
 
 class Daemon:
     """`hearth daemon --headless` with HEARTH_HOME=home, allowed to serve the files under `model_dirs`.
@@ -33,13 +35,7 @@ class Daemon:
         return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        process.stop(self.proc)
 
     def __enter__(self) -> Daemon:
         return self.start()

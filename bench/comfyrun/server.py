@@ -21,6 +21,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import process
 from .checkout import comfy_env
 
 REPO = Path(__file__).resolve().parents[2]
@@ -112,13 +113,7 @@ class ComfyServer:
         raise ComfyError(f"ComfyUI did not answer within {timeout:.0f} s:\n{self.log()[-4000:]}")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        process.stop(self.proc)
 
     def __enter__(self) -> ComfyServer:
         return self.start()

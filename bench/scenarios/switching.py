@@ -2,7 +2,7 @@
 
 Each fresh ComfyUI renders the base image first (that prompt loads the checkpoint), then runs the switch
 sequence once; the sides take turns, one process at a time. Per step: the LoRA node's time, the prompt's
-end-to-end time, whether ComfyUI served the checkpoint loader from its cache (the base model was not
+end-to-end time, whether the LoRA is used for the first time in the process, whether ComfyUI served the checkpoint loader from its cache (the base model was not
 rebuilt), whether the image equals the base image (after "none" it must: the patches were undone), and a
 hash of the pixels (stock's and Hearth's must match).
 """
@@ -17,6 +17,7 @@ from .fixture import LOADER_ID, LORAS, SIDES, SWAPPER_ID, Bench, txt2img_graph
 from .loading import timed_run
 
 SEQUENCE = (("A", LORAS[0]), ("B", LORAS[1]), ("A", LORAS[0]), ("none", None))
+SEQUENCE_NAMES = [name for _, name in SEQUENCE]
 
 
 def pixels(run: Run):
@@ -41,16 +42,17 @@ def _sha(image) -> str:
     return hashlib.sha256(image.tobytes()).hexdigest()
 
 
-def _step(server: ComfyServer, side: str, label: str, name: str | None, base) -> dict:
+def _step(server: ComfyServer, side: str, label: str, name: str | None, base, first_use: bool) -> dict:
     import numpy as np
 
     loras = [(name, 1.0, 1.0)] if name else []
     run, wall = timed_run(server, txt2img_graph(side, loras=loras, prefix=label))
     image = pixels(run)
-    return {"lora": label, "node_s": lora_node_seconds(run), "prompt_s": wall, "nodes": run.node_seconds(),
+    return {"lora": label, "first_use": first_use, "node_s": lora_node_seconds(run), "prompt_s": wall, "nodes": run.node_seconds(),
             "loader_cached": loader_was_cached(run), "equals_base": bool(np.array_equal(image, base)),
             "pixels_sha256": _sha(image),
-            "hearth_loads": [{k: e[k] for k in ("status", "seconds")} for e in run.events("hearth.load")]}
+            "hearth_loads": [{k: e.get(k) for k in ("status", "seconds", "patches_reused")}
+                             for e in run.events("hearth.load")]}
 
 
 def one_process(bench: Bench, side: str) -> dict:
@@ -58,7 +60,8 @@ def one_process(bench: Bench, side: str) -> dict:
     with bench.running(side) as server:
         run, wall = timed_run(server, txt2img_graph(side, loras=[], prefix="base"))
         base = pixels(run)
-        steps = [_step(server, side, label, name, base) for label, name in SEQUENCE]
+        steps = [_step(server, side, label, name, base, first_use=name not in SEQUENCE_NAMES[:i])
+                 for i, (label, name) in enumerate(SEQUENCE)]
     return {"base_prompt_s": wall, "base_sha256": _sha(base), "steps": steps}
 
 

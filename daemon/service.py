@@ -27,6 +27,7 @@ from . import segments
 from .budget import choose_victims, resolve_budget, shm_free, shm_total
 from .segments import SourceId
 from .settings import Settings
+from .slots import Slots
 
 log = logging.getLogger("hearth.service")
 
@@ -107,7 +108,7 @@ class Service:
         self.stale: list[Entry] = []
         self._fills: dict[str, asyncio.Future] = {}
         self.failures: dict[str, dict] = {}  # key -> why its last fill failed (insertion ordered)
-        self._slots = asyncio.Semaphore(self.settings["max_fills"])
+        self._slots = Slots(lambda: self.settings["max_fills"])
         self._registered_roots: set[str] = set()
         self._subscribers: set[asyncio.Queue] = set()
         self._sweeper: asyncio.Task | None = None
@@ -480,6 +481,8 @@ class Service:
                     e.pinned = e.source.path in self.settings["pinned"]
             if "budget" in changes:
                 self._shrink_to_budget()
+            if "max_fills" in changes:
+                self._slots.changed()
         return {**self.settings.values, "budget_bytes": self.budget()}
 
     def _shrink_to_budget(self) -> None:

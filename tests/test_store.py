@@ -541,3 +541,31 @@ def test_concurrent_fills_into_a_tight_tmpfs(make_daemon, small_tmpfs):
     (seg,) = st["segments"]
     assert d.shm_names() == [d.seg_name(seg["key"])]
     assert st["stats"]["evictions"] == (1 if codes == ["ok", "ok"] else 0)
+
+
+def _most_filling_at_once(d, paths: list[Path]) -> tuple[int, int]:
+    """Preload `paths` and watch until all are ready: (most fills under way at once, most queued at once)."""
+    d.ok("POST", "/v1/preload", {"paths": [str(p) for p in paths]})
+    most_filling = most_queued = 0
+    deadline = time.monotonic() + 120
+    while True:
+        st = d.status()
+        filling = sum(s["state"] == "filling" for s in st["segments"])
+        most_filling = max(most_filling, filling)
+        most_queued = max(most_queued, len(st["pending"]) - filling)
+        if sum(s["state"] == "ready" for s in st["segments"]) == len(paths):
+            return most_filling, most_queued
+        assert time.monotonic() < deadline, st
+        time.sleep(0.002)
+
+
+def test_max_fills_applies_while_the_daemon_runs(daemon):
+    d = daemon
+    bigs = [make_sparse_model(d.models / f"big{i}.safetensors", 256 * MB, seed=i) for i in range(3)]
+    d.ok("POST", "/v1/config", {"max_fills": 1})
+    filling, queued = _most_filling_at_once(d, bigs)
+    assert filling == 1 and queued >= 1, (filling, queued)
+    d.ok("POST", "/v1/evict", {"all": True})
+    d.ok("POST", "/v1/config", {"max_fills": 3})
+    filling, _ = _most_filling_at_once(d, bigs)
+    assert filling >= 2, filling

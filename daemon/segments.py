@@ -20,9 +20,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..errors import ShmFull, SourceChanged
+from ..errors import SourceChanged
 from ..state import hearth_home, shm_dir
 from .header import Header, read_header
+from .room import Room
 
 log = logging.getLogger("hearth.segments")
 
@@ -141,6 +142,14 @@ def _direct_ranges(direct_fd: int, view: memoryview) -> Callable[[int, int, Call
     return copy
 
 
+def _in_room(room: Room, copy: Callable[[int, int, Callable[[int], None]], None]
+             ) -> Callable[[int, int, Callable[[int], None]], None]:
+    def copy_in_room(begin: int, end: int, done: Callable[[int], None]) -> None:
+        room.take(begin, end)
+        copy(begin, end, done)
+    return copy_in_room
+
+
 def _parallel(copy: Callable[[int, int, Callable[[int], None]], None], begin: int, size: int,
               progress: Callable[[int], None], idle_io: bool) -> None:
     jobs: queue.Queue[tuple[int, int]] = queue.Queue()
@@ -188,13 +197,14 @@ def _open_direct(path: str) -> int:
         return -1
 
 
-def _copy(source: SourceId, src_fd: int, dst_fd: int, dst_path: Path, progress: Callable[[int], None],
-          idle_io: bool) -> None:
-    """Fill the reserved segment from the source: O_DIRECT where the source's file system allows it
-    (page-aligned bulk; the unaligned tail through sendfile), sendfile everywhere else."""
+def _copy(source: SourceId, src_fd: int, dst_fd: int, dst_path: Path, room: Room,
+          progress: Callable[[int], None], idle_io: bool) -> None:
+    """Fill the segment from the source: O_DIRECT where the source's file system allows it (page-aligned
+    bulk; the unaligned tail through sendfile), sendfile everywhere else; each range's room is allocated
+    right before it is written."""
     size = source.size
     aligned = size - size % DIRECT_ALIGN
-    sendfile = _sendfile_ranges(src_fd, dst_path)
+    sendfile = _in_room(room, _sendfile_ranges(src_fd, dst_path))
     direct_fd = _open_direct(source.path) if aligned else -1
     if direct_fd < 0:
         _parallel(sendfile, 0, size, progress, idle_io)
@@ -202,7 +212,7 @@ def _copy(source: SourceId, src_fd: int, dst_fd: int, dst_path: Path, progress: 
     try:
         with mmap.mmap(dst_fd, size) as mm, memoryview(mm) as view:
             try:
-                _parallel(_direct_ranges(direct_fd, view), 0, aligned, progress, idle_io)
+                _parallel(_in_room(room, _direct_ranges(direct_fd, view)), 0, aligned, progress, idle_io)
             except OSError as e:
                 if e.errno != errno.EINVAL:
                     raise
@@ -222,11 +232,6 @@ def _idle_io_priority() -> None:
         pass
 
 
-# One reservation at a time: two fallocates racing on a nearly full tmpfs can each take part of the
-# room, both fail with ENOSPC and both give their part back, where one alone would have fitted.
-_reserving = threading.Lock()
-
-
 def fill(source: SourceId, progress: Callable[[int], None] = lambda n: None,
          idle_io: bool = False) -> tuple[int, Header]:
     """Copy `source` into a new segment and publish it; return its open read-only fd and header.
@@ -242,18 +247,11 @@ def fill(source: SourceId, progress: Callable[[int], None] = lambda n: None,
             raise SourceChanged(f"{source.path} changed ({mismatch}) before it could be read")
         dst = os.open(part, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
+            room = Room(dst, source.size, part.parent, source.path)
             try:
-                if source.size:
-                    with _reserving:
-                        os.posix_fallocate(dst, 0, source.size)
-            except OSError as e:
-                if e.errno in (errno.ENOSPC, errno.EFBIG):
-                    free = os.statvfs(part.parent)
-                    raise ShmFull(f"{part.parent} has no room for {source.path} ({source.size} bytes; "
-                                  f"{free.f_bavail * free.f_frsize} free): raise its size or the budget "
-                                  f"down") from None
-                raise
-            _copy(source, src, dst, part, progress, idle_io)
+                _copy(source, src, dst, part, room, progress, idle_io)
+            finally:
+                room.close()
             header = read_header(dst, source.path)
             after = SourceId.of(source.path)
             if (mismatch := source.mismatch(after)) is not None:

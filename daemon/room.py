@@ -14,9 +14,9 @@ from __future__ import annotations
 import errno
 import os
 import threading
-from pathlib import Path
 
 from ..errors import ShmFull
+from ..state import shm_dir, shm_space
 
 _lock = threading.Lock()
 _promised = 0  # bytes promised to fills under way and not allocated yet (this daemon's)
@@ -25,11 +25,11 @@ _promised = 0  # bytes promised to fills under way and not allocated yet (this d
 class Room:
     """The room of one segment being filled: `take` allocates a range, `close` returns what was not taken."""
 
-    def __init__(self, fd: int, size: int, where: Path, what: str):
+    def __init__(self, fd: int, size: int, what: str):
         global _promised
-        self.fd, self.size, self.left, self.where, self.what = fd, size, size, where, what
+        self.fd, self.size, self.left, self.what = fd, size, size, what
         with _lock:
-            free = self._free() - _promised
+            free = shm_space()[1] - _promised
             if size > free:
                 self.left = 0
                 raise self._full(free)
@@ -43,7 +43,7 @@ class Room:
             os.posix_fallocate(self.fd, begin, end - begin)
         except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EFBIG):
-                raise self._full(self._free()) from None
+                raise self._full(shm_space()[1]) from None
             raise
         with _lock:
             # At most what this room promised: a retried range (O_DIRECT refused midway) is taken twice.
@@ -57,10 +57,6 @@ class Room:
             _promised -= self.left
             self.left = 0
 
-    def _free(self) -> int:
-        st = os.statvfs(self.where)
-        return st.f_bavail * st.f_frsize
-
     def _full(self, free: int) -> ShmFull:
-        return ShmFull(f"{self.where} has no room for {self.what} ({self.size} bytes; {max(free, 0)} free): "
+        return ShmFull(f"{shm_dir()} has no room for {self.what} ({self.size} bytes; {max(free, 0)} free): "
                        f"raise its size or the budget down")

@@ -247,7 +247,7 @@ def fill(source: SourceId, progress: Callable[[int], None] = lambda n: None,
             raise SourceChanged(f"{source.path} changed ({mismatch}) before it could be read")
         dst = os.open(part, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            room = Room(dst, source.size, part.parent, source.path)
+            room = Room(dst, source.size, source.path)
             try:
                 _copy(source, src, dst, part, room, progress, idle_io)
             finally:

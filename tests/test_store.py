@@ -571,26 +571,27 @@ def test_max_fills_applies_while_the_daemon_runs(daemon):
     assert filling >= 2, filling
 
 
-def test_tmpfs_room_is_promised_whole_and_taken_per_range(small_tmpfs):
+def test_tmpfs_room_is_promised_whole_and_taken_per_range(small_tmpfs, monkeypatch):
     """daemon/room.py on a real 8 MB tmpfs: a promise counts against the next fill before any page is
     allocated; a range the tmpfs can no longer hold is ShmFull, not a SIGBUS later; close() returns the rest."""
     from comfyui_hearth.daemon.room import Room
     from comfyui_hearth.errors import ShmFull
 
+    monkeypatch.setenv("HEARTH_SHM_DIR", str(small_tmpfs))
     a = os.open(small_tmpfs / "a.part", os.O_RDWR | os.O_CREAT, 0o600)
     b = os.open(small_tmpfs / "b.part", os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        first = Room(a, 5 * MB, small_tmpfs, "a")
+        first = Room(a, 5 * MB, "a")
         assert os.fstat(a).st_size == 5 * MB and os.fstat(a).st_blocks == 0  # length set, nothing allocated
         with pytest.raises(ShmFull, match="no room for b"):
-            Room(b, 5 * MB, small_tmpfs, "b")  # 8 MB free, but 5 MB of them are promised to a
+            Room(b, 5 * MB, "b")  # 8 MB free, but 5 MB of them are promised to a
         first.take(0, 1 * MB)
         (small_tmpfs / "other").write_bytes(b"x" * (6 * MB))  # someone else takes the tmpfs meanwhile
         with pytest.raises(ShmFull):
             first.take(1 * MB, 5 * MB)
         first.close()
         (small_tmpfs / "other").unlink()
-        second = Room(b, 6 * MB, small_tmpfs, "b")  # a's unused promise is back: 7 MB free, none promised
+        second = Room(b, 6 * MB, "b")  # a's unused promise is back: 7 MB free, none promised
         second.take(0, 6 * MB)
         second.close()
     finally:

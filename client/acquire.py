@@ -8,12 +8,15 @@ neither answers nor moves for `stall_seconds()`, the load gives up on the cache 
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
 
 from ..errors import DaemonStalled, HearthError
 from .connection import Connection
+
+log = logging.getLogger("hearth.client")
 
 PROBE_S = 2.0  # how often a waiting client looks at the daemon, and how long one look may take
 DEFAULT_STALL_S = 30.0
@@ -35,6 +38,14 @@ def _progress(status: dict) -> tuple:
     return filling, stats.get("fills"), len(status.get("failures", ()))
 
 
+def release(conn: Connection, key: str, path: str, timeout: float | None = -1.0) -> None:
+    """Give this process's lease on `key` back; a daemon that does not answer only costs a debug line."""
+    try:
+        conn.post("/v1/release", {"key": key, "pid": os.getpid()}, timeout=timeout)
+    except HearthError as e:
+        log.debug("release of %s not sent: %s", path, e.message)
+
+
 def acquire(conn: Connection, path: str) -> dict:
     """POST /v1/acquire for this process; raises DaemonStalled when the daemon stops answering or moving."""
     pid = os.getpid()
@@ -50,10 +61,7 @@ def acquire(conn: Connection, path: str) -> dict:
         done.set()
         if given_up.is_set() and "answer" in result:
             # Nobody will map it: free the lease now rather than leave the segment "held" by this pid.
-            try:
-                conn.post("/v1/release", {"key": result["answer"]["key"], "pid": pid}, timeout=PROBE_S)
-            except HearthError:
-                pass
+            release(conn, result["answer"]["key"], path, timeout=PROBE_S)
 
     # A daemon thread: a request stuck on a frozen daemon must not keep the process from exiting.
     threading.Thread(target=request, name="hearth-acquire", daemon=True).start()

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import DaemonUnavailable, HearthError
 from ..state import hearth_home, read_json
-from .acquire import acquire
+from .acquire import acquire, release
 from .connection import Connection, connect
 
 if TYPE_CHECKING:
@@ -99,17 +99,10 @@ def _from_daemon(path: str) -> tuple[dict[str, torch.Tensor], dict]:
         # long as the tensors live. Left in place, the lease would keep a model this process has already
         # dropped unevictable for LEASE_GRACE_S (ComfyUI switching models within the budget). Sent from a
         # thread: the load need not wait for the answer.
-        threading.Thread(target=_release, args=(conn, answer["key"], path), name="hearth-release",
+        threading.Thread(target=release, args=(conn, answer["key"], path), name="hearth-release",
                          daemon=True).start()
         return tensors, answer
     raise AssertionError("unreachable")
-
-
-def _release(conn: Connection, key: str, path: str) -> None:
-    try:
-        conn.post("/v1/release", {"key": key, "pid": os.getpid()})
-    except HearthError as e:
-        log.debug("release of %s not sent: %s", path, e.message)
 
 
 def _plain(path: str) -> dict[str, torch.Tensor]:

@@ -8,26 +8,29 @@ import signal
 import time
 from pathlib import Path
 
-from conftest import UID, assert_same_tensors, make_model, make_sparse_model, reference, sample_tensors
+from conftest import UID, Client, assert_same_tensors, make_model, make_sparse_model, reference, sample_tensors
 
 MB = 1 << 20
 TESTS = str(Path(__file__).parent)
 
 
-def test_daemon_killed_mid_fill(daemon):
-    d = daemon
-    big = make_sparse_model(d.models / "big.safetensors", 1024 * MB, seed=7)
+def _load_caught_mid_fill(d, seed: int, env: dict | None = None) -> tuple[Path, Client, str]:
+    """A client loads a 1 GiB sparse model; returns (model, client, .part name) once the daemon's fill of
+    it is under way. The client says cached, reason, same (small tensors right), big_ok and pid, then
+    waits for a line before it exits."""
+    big = make_sparse_model(d.models / "big.safetensors", 1024 * MB, seed=seed)
     c = d.client(f"""
     sys.path.insert(0, {TESTS!r})
     from conftest import sample_tensors
-    want = sample_tensors(7, 256)
+    want = sample_tensors({seed}, 256)
     say(ready=True)
     sys.stdin.readline()
     r = load({str(big)!r})
     small = {{k: v for k, v in r.tensors.items() if k != "model.big"}}
-    say(cached=r.cached, reason=r.reason, same=same(small, want),
+    say(cached=r.cached, reason=r.reason, same=same(small, want), pid=os.getpid(),
         big_ok=r.tensors["model.big"].shape == (1024 << 20,) and not r.tensors["model.big"][::4096].any())
-    """)
+    sys.stdin.readline()
+    """, env=env)
     assert c.read() == {"ready": True}
     c.tell()
     deadline = time.monotonic() + 30
@@ -37,6 +40,12 @@ def test_daemon_killed_mid_fill(daemon):
         if part is None:
             time.sleep(0.0005)
     assert part, "the fill never started"
+    return big, c, part
+
+
+def test_daemon_killed_mid_fill(daemon):
+    d = daemon
+    _, c, part = _load_caught_mid_fill(d, seed=7)
     d.proc.send_signal(signal.SIGSTOP)  # freeze it mid-fill: what does the tmpfs show now?
     try:
         assert d.final_names() == [], "a final name is visible before its fill ended"
@@ -44,9 +53,11 @@ def test_daemon_killed_mid_fill(daemon):
     finally:
         d.kill()  # SIGKILL, no clean-up of any kind
 
+    c.tell()
     rc, out, err = c.finish()
     assert rc == 0, err
-    assert out[1:] == [{"cached": False, "reason": out[-1]["reason"], "same": True, "big_ok": True}], out
+    assert out[1:] == [{"cached": False, "reason": out[-1]["reason"], "same": True, "big_ok": True,
+                        "pid": c.pid}], out
     assert "did not answer" in out[-1]["reason"]
     assert "loading without the cache" in err  # the one log line saying why
     assert d.final_names() == [] and part in d.shm_names()  # still no final name
@@ -59,30 +70,13 @@ def test_daemon_killed_mid_fill(daemon):
 def test_a_frozen_daemon_never_hangs_a_load(daemon):
     """SIGSTOP mid-fill: the waiting client gives up after HEARTH_STALL_S and loads the stock way."""
     d = daemon
-    big = make_sparse_model(d.models / "big.safetensors", 1024 * MB, seed=8)
-    c = d.client(f"""
-    sys.path.insert(0, {TESTS!r})
-    from conftest import sample_tensors
-    want = sample_tensors(8, 256)
-    say(ready=True)
-    sys.stdin.readline()
-    r = load({str(big)!r})
-    small = {{k: v for k, v in r.tensors.items() if k != "model.big"}}
-    say(cached=r.cached, reason=r.reason, same=same(small, want), pid=os.getpid())
-    sys.stdin.readline()
-    """, env={"HEARTH_STALL_S": "3"})
-    assert c.read() == {"ready": True}
-    c.tell()
-    deadline = time.monotonic() + 30
-    while not any(n.endswith(".part") for n in d.shm_names()):
-        assert time.monotonic() < deadline, "the fill never started"
-        time.sleep(0.0005)
+    big, c, _ = _load_caught_mid_fill(d, seed=8, env={"HEARTH_STALL_S": "3"})
     d.proc.send_signal(signal.SIGSTOP)
     try:
         got = c.read(timeout=60)
     finally:
         d.proc.send_signal(signal.SIGCONT)
-    assert got["cached"] is False and got["same"] is True, got
+    assert got["cached"] is False and got["same"] is True and got["big_ok"] is True, got
     assert "neither answered nor filled for 3 s" in got["reason"], got
 
     # Thawed, the daemon ends its fill and serves the file; the abandoned acquire, answered at last,

@@ -2,9 +2,9 @@
 
 Each fresh ComfyUI renders the base image first (that prompt loads the checkpoint), then runs the switch
 sequence once; the sides take turns, one process at a time. Per step: the LoRA node's time, the prompt's
-end-to-end time, whether the LoRA is used for the first time in the process, whether ComfyUI served the checkpoint loader from its cache (the base model was not
-rebuilt), whether the image equals the base image (after "none" it must: the patches were undone), and a
-hash of the pixels (stock's and Hearth's must match).
+end-to-end time, whether the LoRA is used for the first time in the process, whether ComfyUI served the
+checkpoint loader from its cache (the base model was not rebuilt), whether the image equals the base image
+(after "none" it must: the patches were undone), and a hash of the pixels (stock's and Hearth's must match).
 """
 
 from __future__ import annotations
@@ -48,9 +48,9 @@ def _step(server: ComfyServer, side: str, label: str, name: str | None, base, fi
     loras = [(name, 1.0, 1.0)] if name else []
     run, wall = timed_run(server, txt2img_graph(side, loras=loras, prefix=label))
     image = pixels(run)
-    return {"lora": label, "first_use": first_use, "node_s": lora_node_seconds(run), "prompt_s": wall, "nodes": run.node_seconds(),
-            "loader_cached": loader_was_cached(run), "equals_base": bool(np.array_equal(image, base)),
-            "pixels_sha256": _sha(image),
+    return {"lora": label, "first_use": first_use, "node_s": lora_node_seconds(run), "prompt_s": wall,
+            "nodes": run.node_seconds(), "loader_cached": loader_was_cached(run),
+            "equals_base": bool(np.array_equal(image, base)), "pixels_sha256": _sha(image),
             "hearth_loads": [{k: e.get(k) for k in ("status", "seconds", "patches_reused")}
                              for e in run.events("hearth.load")]}
 

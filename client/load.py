@@ -44,6 +44,8 @@ class Loaded:
     seconds: float
     reason: str | None = None
     key: str | None = None
+    # The header's __metadata__ as read from the segment (None where it has none); the fallback reads none.
+    metadata: dict[str, str] | None = None
 
 
 def _say_once(code: str, message: str) -> None:
@@ -83,14 +85,14 @@ def _autostart() -> bool:
     return True
 
 
-def _from_daemon(path: str) -> tuple[dict[str, torch.Tensor], dict]:
+def _from_daemon(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str], dict]:
     from .mapping import map_segment
 
     conn = _connect()
     for attempt in (0, 1):
         answer = acquire(conn, path)
         try:
-            tensors = map_segment(answer["segment"], answer["size"], path)
+            tensors, metadata = map_segment(answer["segment"], answer["size"], path)
         except FileNotFoundError:
             if attempt:  # evicted between the answer and our open, twice: give up on the cache
                 raise DaemonUnavailable(f"segment of {path} vanished before it could be mapped") from None
@@ -101,7 +103,7 @@ def _from_daemon(path: str) -> tuple[dict[str, torch.Tensor], dict]:
         # thread: the load need not wait for the answer.
         threading.Thread(target=release, args=(conn, answer["key"], path), name="hearth-release",
                          daemon=True).start()
-        return tensors, answer
+        return tensors, metadata, answer
     raise AssertionError("unreachable")
 
 
@@ -127,9 +129,9 @@ def load(path: str) -> Loaded:
         reason, code = f"{os.path.splitext(path)[1]} files are pickles and are not cached", "pickle"
     else:
         try:
-            tensors, answer = _from_daemon(path)
+            tensors, metadata, answer = _from_daemon(path)
             return Loaded(path, tensors, True, bool(answer.get("hit")), time.perf_counter() - t0,
-                          key=answer.get("key"))
+                          key=answer.get("key"), metadata=metadata or None)
         except HearthError as e:
             reason, code = e.message, e.code
         except (OSError, TypeError, KeyError, ValueError) as e:

@@ -58,8 +58,8 @@ class _Mapping(mmap.mmap):
     """An mmap that can carry a finalizer (plain mmap objects take weak references too, but not attributes)."""
 
 
-def map_segment(path: str, expected_size: int, name: str) -> dict[str, torch.Tensor]:
-    """Map the segment at `path` privately and return a view per tensor, in file order."""
+def map_segment(path: str, expected_size: int, name: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Map the segment at `path` privately: a view per tensor, in file order, and the header's metadata."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH)
@@ -79,9 +79,9 @@ def map_segment(path: str, expected_size: int, name: str) -> dict[str, torch.Ten
         raise
     if mm is None:
         os.close(fd)
-        return {}
+        return {}, header.metadata
     weakref.finalize(mm, os.close, fd)
-    return _views(mm, header)
+    return _views(mm, header), header.metadata
 
 
 def _views(mm: mmap.mmap, header: Header) -> dict[str, torch.Tensor]:

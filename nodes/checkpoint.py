@@ -33,7 +33,8 @@ class HearthCheckpointLoader:
     def load_checkpoint(self, ckpt_name: str, unique_id: str | None = None) -> tuple:
         t0 = time.perf_counter()
         loaded = fetch("checkpoints", ckpt_name)
-        out = build_checkpoint(loaded.tensors, safetensors_metadata(loaded.path),
-                               folder_paths.get_folder_paths("embeddings"))
+        # The segment's header was read and validated already; only a fallback load reads the file's.
+        metadata = loaded.metadata if loaded.cached else safetensors_metadata(loaded.path)
+        out = build_checkpoint(loaded.tensors, metadata, folder_paths.get_folder_paths("embeddings"))
         report(type(self).__name__, unique_id, "checkpoint", ckpt_name, loaded, time.perf_counter() - t0)
         return out

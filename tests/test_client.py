@@ -13,7 +13,7 @@ import signal
 import psutil
 import pytest
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 
 from conftest import assert_same_tensors, make_model, reference
 from hostile import CASES
@@ -129,6 +129,17 @@ def test_mapping_lives_exactly_as_long_as_a_tensor(in_process):
     # and the daemon may now evict it as unheld
     ans = d.ok("POST", "/v1/evict", {"path": str(path)})
     assert [e["path"] for e in ans["evicted"]] == [str(path)] and ans["pending"] == []
+
+
+def test_a_cached_load_carries_the_header_metadata(in_process):
+    d = in_process
+    meta = {"format": "pt", "modelspec.architecture": "stable-diffusion-v1"}
+    with_meta = make_model(d.models / "meta.safetensors", metadata=meta)
+    without = make_model(d.models / "plain.safetensors", seed=1)
+    r = client.load(str(with_meta))
+    assert r.cached and r.metadata == meta == safe_open(str(with_meta), framework="pt").metadata()
+    r = client.load(str(without))
+    assert r.cached and r.metadata is None is safe_open(str(without), framework="pt").metadata()
 
 
 def test_load_state_dict_device(in_process):

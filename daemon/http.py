@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 import os
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 from aiohttp import web
 
 from ..errors import BadRequest, HearthError, NotFound, Unauthorized
+from ..request_body import json_object
 from ..version import PROTOCOL, __version__
 from .service import Service
 
@@ -67,15 +67,7 @@ async def guard(request: web.Request, handler):
 
 
 async def _body(request: web.Request) -> dict:
-    if not request.can_read_body:
-        return {}
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise BadRequest("request body is not JSON") from None
-    if not isinstance(body, dict):
-        raise BadRequest("request body must be a JSON object")
-    return body
+    return await json_object(request) if request.can_read_body else {}
 
 
 def _pid(body: dict) -> int | None:

@@ -30,6 +30,7 @@ from aiohttp import web
 
 from ..client.connection import Connection, connect
 from ..errors import BadRequest, HearthError, NotFound
+from ..request_body import json_object
 
 log = logging.getLogger("hearth.routes")
 
@@ -189,20 +190,10 @@ async def _answer(fn: Callable[..., dict], *args: Any) -> web.Response:
     return web.json_response(doc, headers={"Cache-Control": "no-store"})
 
 
-async def _json(request: web.Request) -> dict:
-    try:
-        body = await request.json()
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("request body is not JSON") from None
-    if not isinstance(body, dict):
-        raise BadRequest("request body must be a JSON object")
-    return body
-
-
 def _post(fn: Callable[[dict], dict]):
     async def handler(request: web.Request) -> web.Response:
         try:
-            body = await _json(request)
+            body = await json_object(request)
         except HearthError as e:
             return web.json_response(e.to_dict(), status=e.http_status)
         return await _answer(fn, body)

@@ -119,10 +119,20 @@ def _plain(path: str) -> dict[str, torch.Tensor]:
     return safetensors.torch.load_file(path)
 
 
-def load(path: str) -> Loaded:
+def absolute(path: str | os.PathLike) -> str:
+    """`path` made absolute against this process's working folder, as the kernel would resolve it here.
+
+    The daemon runs in another folder: a relative path sent as it is would name another file there. `..`
+    and symlinks are left for the daemon's realpath, which resolves them in the order the kernel does.
+    """
+    path = os.fsdecode(os.fspath(path))
+    return path if os.path.isabs(path) else os.path.join(os.getcwd(), path)
+
+
+def load(path: str | os.PathLike) -> Loaded:
     """Load a checkpoint's tensors, from the daemon's segment when possible (CPU, copy-on-write views)."""
     t0 = time.perf_counter()
-    path = os.fspath(path)
+    path = absolute(path)
     if os.environ.get("HEARTH_DISABLE"):
         reason, code = "HEARTH_DISABLE is set", "disabled"
     elif path.lower().endswith(PICKLE_EXTS):
@@ -141,7 +151,7 @@ def load(path: str) -> Loaded:
     return Loaded(path, tensors, False, False, time.perf_counter() - t0, reason=reason)
 
 
-def load_state_dict(path: str, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+def load_state_dict(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """Return the file's tensors; never fails where a plain safetensors or weights-only load succeeds."""
     import torch
 

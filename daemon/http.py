@@ -100,7 +100,8 @@ async def preload(request: web.Request) -> web.Response:
 
 async def evict(request: web.Request) -> web.Response:
     body = await _body(request)
-    return web.json_response(request.app[SERVICE].evict(body.get("path"), all=body.get("all") is True))
+    return web.json_response(request.app[SERVICE].evict(body.get("path"), all=body.get("all") is True,
+                                                       key=body.get("key")))
 
 
 async def pin(request: web.Request) -> web.Response:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..errors import SourceChanged
+from ..errors import NotAllowed, NotFound, SourceChanged
 from ..state import hearth_home, shm_dir
 from .header import Header, read_header
 from .room import Room
@@ -65,6 +65,47 @@ class SourceId:
             if getattr(other, field) != value:
                 return field
         return None
+
+
+def identify(real_path: str, given: str) -> SourceId:
+    """The identity of the regular file at `real_path`, checked to be the file that path names now.
+
+    The file is opened (never following a final symlink, never blocking on a FIFO) and the kernel's name of
+    the opened file must still be `real_path`: a component swapped for a symlink after `realpath` leads
+    elsewhere and is refused. `given` is the caller's name for the file, for messages.
+    """
+    try:
+        fd = os.open(real_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        raise NotFound(f"{given}: no such file") from None
+    except OSError as e:  # a name too long, a symlink planted after realpath, no permission: a refusal
+        raise NotAllowed(f"{given}: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        opened = os.readlink(f"/proc/self/fd/{fd}")
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise NotAllowed(f"{given}: not a regular file")
+    if opened != real_path:
+        raise SourceChanged(f"{given} changed while it was being opened (it led to {opened})")
+    return SourceId.of(real_path, st)
+
+
+def _open_source(source: SourceId, flags: int = 0) -> int:
+    """Open the source by name and check that the file opened is the one identified (a rename or a
+    rewrite since then gives SourceChanged, never another file's bytes)."""
+    try:
+        fd = os.open(source.path, os.O_RDONLY | os.O_CLOEXEC | flags)
+    except (FileNotFoundError, NotADirectoryError):
+        raise SourceChanged(f"{source.path} vanished before it could be read") from None
+    try:
+        if (mismatch := source.mismatch(SourceId.of(source.path, os.fstat(fd)))) is not None:
+            raise SourceChanged(f"{source.path} changed ({mismatch}) before it could be read")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def prefix() -> str:
@@ -187,12 +228,14 @@ def _parallel(copy: Callable[[int, int, Callable[[int], None]], None], begin: in
         raise errors[0]
 
 
-def _open_direct(path: str) -> int:
+def _open_direct(source: SourceId) -> int:
     """An O_DIRECT descriptor, or -1 where the OS or the file system has none (tmpfs, some FUSE mounts)."""
     if not hasattr(os, "O_DIRECT"):
         return -1
     try:
-        return os.open(path, os.O_RDONLY | os.O_DIRECT)
+        return _open_source(source, os.O_DIRECT)
+    except SourceChanged:
+        raise
     except OSError:
         return -1
 
@@ -205,7 +248,7 @@ def _copy(source: SourceId, src_fd: int, dst_fd: int, dst_path: Path, room: Room
     size = source.size
     aligned = size - size % DIRECT_ALIGN
     sendfile = _in_room(room, _sendfile_ranges(src_fd, dst_path))
-    direct_fd = _open_direct(source.path) if aligned else -1
+    direct_fd = _open_direct(source) if aligned else -1
     if direct_fd < 0:
         _parallel(sendfile, 0, size, progress, idle_io)
         return
@@ -241,10 +284,8 @@ def fill(source: SourceId, progress: Callable[[int], None] = lambda n: None,
     """
     key = source.key
     part = part_path(key)
-    src = os.open(source.path, os.O_RDONLY)
+    src = _open_source(source)
     try:
-        if (mismatch := source.mismatch(SourceId.of(source.path, os.fstat(src)))) is not None:
-            raise SourceChanged(f"{source.path} changed ({mismatch}) before it could be read")
         dst = os.open(part, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             room = Room(dst, source.size, source.path)
@@ -253,7 +294,8 @@ def fill(source: SourceId, progress: Callable[[int], None] = lambda n: None,
             finally:
                 room.close()
             header = read_header(dst, source.path)
-            after = SourceId.of(source.path)
+            # The inode read from, not the name: a rename meanwhile does not change the bytes we copied.
+            after = SourceId.of(source.path, os.fstat(src))
             if (mismatch := source.mismatch(after)) is not None:
                 raise SourceChanged(f"{source.path} changed ({mismatch}) while it was being read")
             os.rename(part, segment_path(key))

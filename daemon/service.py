@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import stat
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -82,10 +81,21 @@ def _within(path: str, root: str) -> bool:
 
 
 def _real_path(path: Any) -> str:
-    """The real path of a path a request gave; a string with a NUL byte would make os calls raise."""
+    """The real path of an absolute path a request gave.
+
+    Relative paths are refused: resolved here they would name a file under the daemon's working folder, not
+    the caller's, which can be another file with the same relative name (a wrong tensor). Clients resolve
+    paths in their own process. A string with a NUL byte would make os calls raise.
+    """
     if not isinstance(path, str) or not path or "\0" in path:
         raise BadRequest("path must be a non-empty string without NUL bytes")
-    return os.path.realpath(os.path.expanduser(path))
+    if not os.path.isabs(path):
+        raise BadRequest(f"{path}: the daemon takes absolute paths only (a relative path would be looked up "
+                         f"in the daemon's working folder, not yours)")
+    try:
+        return os.path.realpath(path)
+    except OSError as e:  # a link removed while realpath read it: the path is changing under us
+        raise SourceChanged(f"{path} changed while it was being resolved ({e.strerror})") from None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -181,16 +191,13 @@ class Service:
         return {"roots": self.roots()}
 
     def resolve(self, path: Any) -> SourceId:
-        """The identity of an allowed model file, or a typed error saying why it is not allowed."""
+        """The identity of an allowed model file, or a typed error saying why it is not allowed.
+
+        The identity is taken from the file opened, not the name checked: a symlink or rename planted
+        between the two (to lead out of the allowed folders, or to another file) is caught by
+        `segments.identify`, and the fill serves only the inode identified here.
+        """
         real = _real_path(path)
-        try:
-            st = os.stat(real)
-        except (FileNotFoundError, NotADirectoryError):
-            raise NotFound(f"{path}: no such file") from None
-        except OSError as e:  # a name too long, a loop of links: a refusal, never a server error
-            raise NotAllowed(f"{path}: {e.strerror}") from None
-        if not stat.S_ISREG(st.st_mode):
-            raise NotAllowed(f"{path}: not a regular file")
         # The real file's name or the name given: the Hugging Face cache keeps models as blobs without an
         # extension behind `snapshots/<rev>/model.safetensors` links. (The root check uses the real path.)
         if not (real.lower().endswith(MODEL_EXTS) or path.lower().endswith(MODEL_EXTS)):
@@ -198,7 +205,7 @@ class Service:
         if not any(_within(real, r) for r in self.roots()):
             raise NotAllowed(f"{path} is outside the allowed model folders; add its folder with "
                              f"`hearth config model_dirs PATH` or HEARTH_MODEL_DIRS")
-        return SourceId.of(real, st)
+        return segments.identify(real, path)
 
     # ---- acquire and fill -------------------------------------------------------------------------
 
@@ -428,15 +435,18 @@ class Service:
         if not task.cancelled() and (e := task.exception()) is not None:
             log.warning("preload failed: %s", e.message if isinstance(e, HearthError) else repr(e))
 
-    def _entries_for(self, path: Any) -> list[Entry]:
+    def _entries_for(self, path: Any = None, key: Any = None) -> list[Entry]:
+        if key is not None:
+            return [e for e in self.entries.values() if e.key == key]
         real = _real_path(path)
-        return [e for e in self.entries.values() if e.source.path == real or e.key == path]
+        return [e for e in self.entries.values() if e.source.path == real]
 
-    def evict(self, path: Any = None, all: bool = False) -> dict:
-        """Remove segments now; held ones lose their name at once and their memory when let go."""
-        targets = list(self.entries.values()) if all else self._entries_for(path)
+    def evict(self, path: Any = None, all: bool = False, key: Any = None) -> dict:
+        """Remove segments now (by source path, segment key, or all); held ones lose their name at once and
+        their memory when let go."""
+        targets = list(self.entries.values()) if all else self._entries_for(path, key)
         if not all and not targets:
-            raise NotFound(f"{path} is not in the cache")
+            raise NotFound(f"{path if key is None else key} is not in the cache")
         done, pending, filling = [], [], []
         for e in targets:
             if e.state == "filling":  # its fill publishes it when it ends: not evicted, and not said to be

@@ -162,7 +162,7 @@ def _evict(body: dict) -> dict:
         key = body["key"]
         if not isinstance(key, str) or not KEY_RE.match(key):
             raise BadRequest("key must be a segment key from /hearth/status")
-        return redact_answer(connect().post("/v1/evict", {"path": key}))
+        return redact_answer(connect().post("/v1/evict", {"key": key}))
     _, _, path = _model(body)
     return redact_answer(connect().post("/v1/evict", {"path": path}))
 

@@ -126,8 +126,9 @@ def set_mtime_ns(path: Path, mtime_ns: int) -> None:
 class Daemon:
     """One real `hearth daemon --headless` process with its own HEARTH_HOME, models folder and shm folder."""
 
-    def __init__(self, root: Path, shm: Path | None = None, env: dict | None = None):
+    def __init__(self, root: Path, shm: Path | None = None, env: dict | None = None, cwd: Path | None = None):
         self.root = root
+        self.cwd = cwd  # the daemon's working folder (None: the test's)
         self.home = root / "home"
         self.models = root / "models"
         self.models.mkdir(parents=True, exist_ok=True)
@@ -149,7 +150,7 @@ class Daemon:
         info = self.home / "daemon.json"
         log = open(self.home / "test-daemon.log", "ab")
         self.proc = subprocess.Popen([PY, "-m", "comfyui_hearth.cli", "daemon", "--headless"], env=self.env,
-                                     stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+                                     stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=self.cwd)
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -362,8 +363,8 @@ def make_daemon(tmp_path):
     made: list[Daemon] = []
 
     def factory(env: dict | None = None, start: bool = True, root: Path | None = None,
-                shm: Path | None = None) -> Daemon:
-        d = Daemon(root or tmp_path / f"d{len(made)}", shm=shm, env=env)
+                shm: Path | None = None, cwd: Path | None = None) -> Daemon:
+        d = Daemon(root or tmp_path / f"d{len(made)}", shm=shm, env=env, cwd=cwd)
         made.append(d)
         return d.start() if start else d
 

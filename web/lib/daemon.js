@@ -54,7 +54,7 @@ export function daemonTransport(token, { onUnauthorized = () => {}, base = "" } 
     kind: "daemon",
     status: async () => ({ daemon: "up", ...(await call("GET", "/v1/status")) }),
     preload: ({ path }) => call("POST", "/v1/preload", { paths: [path] }),
-    evict: (seg) => call("POST", "/v1/evict", seg ? { path: seg.path || seg.key } : { all: true }),
+    evict: (seg) => call("POST", "/v1/evict", seg ? (seg.path ? { path: seg.path } : { key: seg.key }) : { all: true }),
     pin: (seg, pinned) => call("POST", "/v1/pin", { path: seg.path, pinned }),
     connect(onEvent, onLive) {
       let ws = null, stopped = false, wait = 1000, retry = null;

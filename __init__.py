@@ -12,7 +12,7 @@ __all__ = ["__version__", "load_state_dict"]
 # Imported as a plain module, not as a package: pytest does that to the root of a clone whose folder name
 # is not an identifier (`custom_nodes/comfyui-hearth`); relative imports cannot work there, nothing needs them.
 if __package__:
-    from .version import __version__
+    from .core.version import __version__
 
     def __getattr__(name):
         # Lazy so that `hearth status` and the daemon never pay for importing torch.

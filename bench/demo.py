@@ -12,8 +12,8 @@ import sys
 
 from comfyui_hearth.cli import main as hearth
 from comfyui_hearth.client.connection import connect
-from comfyui_hearth.daemon.spawn import start_daemon
-from comfyui_hearth.errors import DaemonUnavailable
+from comfyui_hearth.client.spawn import start_daemon
+from comfyui_hearth.core.errors import DaemonUnavailable
 
 from .load import OUT, run_bench, table
 from .synth import build

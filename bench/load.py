@@ -24,9 +24,9 @@ from pathlib import Path
 import psutil
 
 from comfyui_hearth.client.connection import connect
-from comfyui_hearth.daemon.spawn import start_daemon
-from comfyui_hearth.errors import NotFound
-from comfyui_hearth.state import format_size
+from comfyui_hearth.client.spawn import start_daemon
+from comfyui_hearth.core.errors import NotFound
+from comfyui_hearth.core.sizes import format_size
 
 from .synth import build
 
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
 def _remove_segments(home: str) -> None:
     """The bench's private daemon leaves its segments for re-adoption; a benchmark must not."""
     from comfyui_hearth.daemon import segments
-    from comfyui_hearth.state import read_json
+    from comfyui_hearth.core.jsonfile import read_json
 
     for key in read_json(Path(home) / "index.json", {}) or {}:
         segments.unlink(key)

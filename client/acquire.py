@@ -13,7 +13,7 @@ import os
 import threading
 import time
 
-from ..errors import DaemonStalled, HearthError
+from ..core.errors import DaemonStalled, HearthError
 from .connection import Connection
 
 log = logging.getLogger("hearth.client")

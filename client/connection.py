@@ -7,9 +7,11 @@ import json
 import os
 from typing import Any
 
-from ..errors import DaemonUnavailable, HearthError, from_code
-from ..state import daemon_info_path, read_json, read_token
-from ..version import PROTOCOL
+from ..core.errors import DaemonUnavailable, HearthError, from_code
+from ..core.home import daemon_info_path
+from ..core.jsonfile import read_json
+from ..core.token import read_token
+from ..core.version import PROTOCOL
 
 
 class Connection:

@@ -13,8 +13,10 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..errors import DaemonUnavailable, HearthError
-from ..state import hearth_home, read_json
+from ..core.errors import DaemonUnavailable, HearthError
+from ..core.model_files import is_pickle
+from ..core.home import hearth_home
+from ..core.jsonfile import read_json
 from .acquire import acquire, release
 from .connection import Connection, connect
 
@@ -26,7 +28,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hearth.client")
 
-PICKLE_EXTS = (".ckpt", ".pt", ".pth", ".bin")
 _said: set[str] = set()
 _roots: set[str] = set()
 _roots_sent_to: object = None
@@ -74,7 +75,7 @@ def _autostart() -> bool:
     if _autostart_tried or not (read_json(hearth_home() / "config.json", {}) or {}).get("autostart"):
         return False
     _autostart_tried = True
-    from ..daemon.spawn import start_daemon
+    from .spawn import start_daemon
 
     try:
         start_daemon()
@@ -110,7 +111,7 @@ def _from_daemon(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str], di
 def _plain(path: str) -> dict[str, torch.Tensor]:
     import torch
 
-    if path.lower().endswith(PICKLE_EXTS):
+    if is_pickle(path):
         # Never unpickle arbitrary objects: weights_only restricts to tensors and plain containers.
         sd = torch.load(path, map_location="cpu", weights_only=True)
         return sd.get("state_dict", sd) if isinstance(sd, dict) else sd
@@ -135,7 +136,7 @@ def load(path: str | os.PathLike) -> Loaded:
     path = absolute(path)
     if os.environ.get("HEARTH_DISABLE"):
         reason, code = "HEARTH_DISABLE is set", "disabled"
-    elif path.lower().endswith(PICKLE_EXTS):
+    elif is_pickle(path):
         reason, code = f"{os.path.splitext(path)[1]} files are pickles and are not cached", "pickle"
     else:
         try:

@@ -17,19 +17,11 @@ from collections import OrderedDict
 
 import torch
 
-from ..daemon.header import Header, read_header
-from ..errors import NotAllowed, SourceChanged
+from ..core.safetensors_format import DTYPES, Header, read_header
+from ..core.errors import NotAllowed, SourceChanged
 
-DTYPES = {
-    "BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "I32": torch.int32,
-    "I64": torch.int64, "F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32,
-    "F64": torch.float64, "C64": torch.complex64,
-    "U16": getattr(torch, "uint16", None), "U32": getattr(torch, "uint32", None),
-    "U64": getattr(torch, "uint64", None),
-    "F8_E4M3": getattr(torch, "float8_e4m3fn", None), "F8_E5M2": getattr(torch, "float8_e5m2", None),
-    "F8_E8M0": getattr(torch, "float8_e8m0fnu", None),
-    "F8_E4M3FNUZ": getattr(torch, "float8_e4m3fnuz", None), "F8_E5M2FNUZ": getattr(torch, "float8_e5m2fnuz", None),
-}
+# safetensors dtype name -> this torch's dtype, or None where this torch build lacks it.
+TORCH_DTYPES = {name: getattr(torch, d.torch_name, None) for name, d in DTYPES.items()}
 
 
 # Validated headers by the segment file's identity: a segment is never rewritten in place (a refill is a new
@@ -70,7 +62,7 @@ def map_segment(path: str, expected_size: int, name: str) -> tuple[dict[str, tor
         if size != expected_size:
             raise SourceChanged(f"segment for {name} is {size} bytes, expected {expected_size}")
         header = _header(fd, st, name)
-        unsupported = {e.dtype for e in header.tensors if DTYPES.get(e.dtype) is None}
+        unsupported = {e.dtype for e in header.tensors if TORCH_DTYPES[e.dtype] is None}
         if unsupported:
             raise TypeError(f"this torch cannot hold dtypes {sorted(unsupported)} of {name}")
         mm = _Mapping(fd, size, access=mmap.ACCESS_COPY) if size else None
@@ -88,7 +80,7 @@ def _views(mm: mmap.mmap, header: Header) -> dict[str, torch.Tensor]:
     out = {}
     base = header.data_start
     for e in header.tensors:
-        dtype = DTYPES[e.dtype]
+        dtype = TORCH_DTYPES[e.dtype]
         if e.end == e.begin:
             out[e.name] = torch.empty(e.shape, dtype=dtype)
             continue

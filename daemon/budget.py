@@ -7,7 +7,9 @@ from typing import Protocol
 
 import psutil
 
-from ..state import parse_size, shm_space
+from ..core.home import shm_space
+
+from ..core.sizes import parse_size
 
 
 class Evictable(Protocol):

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from ..errors import BadRequest, HearthError, NotFound, Unauthorized
-from ..request_body import json_object
-from ..version import PROTOCOL, __version__
+from ..core.errors import BadRequest, HearthError, NotFound, Unauthorized
+from ..core.request_body import json_object
+from ..core.version import PROTOCOL, __version__
 from .service import Service
 
 log = logging.getLogger("hearth.http")

@@ -12,8 +12,12 @@ import time
 
 from aiohttp import web
 
-from ..state import create_token, daemon_info_path, ensure_home, read_json, write_json_atomic
-from ..version import PROTOCOL, __version__
+from ..core.home import daemon_info_path, ensure_home
+
+from ..core.jsonfile import read_json, write_json_atomic
+
+from ..core.token import create_token
+from ..core.version import PROTOCOL, __version__
 from .http import make_app
 from .service import Service
 

@@ -15,8 +15,8 @@ import errno
 import os
 import threading
 
-from ..errors import ShmFull
-from ..state import shm_dir, shm_space
+from ..core.errors import ShmFull
+from ..core.home import shm_dir, shm_space
 
 _lock = threading.Lock()
 _promised = 0  # bytes promised to fills under way and not allocated yet (this daemon's)

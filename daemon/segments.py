@@ -20,9 +20,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..errors import NotAllowed, NotFound, SourceChanged
-from ..state import hearth_home, shm_dir
-from .header import Header, read_header
+from ..core.errors import NotAllowed, NotFound, SourceChanged
+from ..core.home import hearth_home, shm_dir
+from ..core.safetensors_format import Header, read_header
 from .room import Room
 
 log = logging.getLogger("hearth.segments")

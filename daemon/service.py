@@ -19,9 +19,12 @@ from typing import Any
 
 import psutil
 
-from ..errors import BadRequest, HearthError, NotAllowed, NotFound, OverBudget, ShmFull, SourceChanged
-from ..state import format_size, read_json, shm_dir, write_json_atomic
-from ..version import PROTOCOL, __version__
+from ..core.errors import BadRequest, HearthError, NotAllowed, NotFound, OverBudget, ShmFull, SourceChanged
+from ..core.home import shm_dir
+from ..core.model_files import CACHED_EXTS, is_cached_kind
+from ..core.jsonfile import read_json, write_json_atomic
+from ..core.sizes import format_size
+from ..core.version import PROTOCOL, __version__
 from . import segments
 from .budget import choose_victims, resolve_budget, shm_free, shm_total
 from .segments import SourceId
@@ -30,7 +33,6 @@ from .slots import Slots
 
 log = logging.getLogger("hearth.service")
 
-MODEL_EXTS = (".safetensors", ".sft")
 # A client opens and flocks its segment right after acquire; the lease covers that gap and names the
 # holder for the panel. After it, the flock is the ground truth of "held".
 LEASE_GRACE_S = 30.0
@@ -200,8 +202,8 @@ class Service:
         real = _real_path(path)
         # The real file's name or the name given: the Hugging Face cache keeps models as blobs without an
         # extension behind `snapshots/<rev>/model.safetensors` links. (The root check uses the real path.)
-        if not (real.lower().endswith(MODEL_EXTS) or path.lower().endswith(MODEL_EXTS)):
-            raise NotAllowed(f"{path}: only {', '.join(MODEL_EXTS)} files are cached")
+        if not (is_cached_kind(real) or is_cached_kind(path)):
+            raise NotAllowed(f"{path}: only {', '.join(CACHED_EXTS)} files are cached")
         if not any(_within(real, r) for r in self.roots()):
             raise NotAllowed(f"{path} is outside the allowed model folders; add its folder with "
                              f"`hearth config model_dirs PATH` or HEARTH_MODEL_DIRS")

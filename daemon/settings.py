@@ -6,8 +6,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import BadRequest
-from ..state import parse_size, read_json, write_json_atomic
+from ..core.errors import BadRequest
+from ..core.jsonfile import read_json, write_json_atomic
+from ..core.sizes import parse_size
 
 DEFAULTS: dict[str, Any] = {
     "budget": "auto",       # '12G', '40%' of RAM, bytes, or 'auto' (DESIGN section 5)

@@ -13,8 +13,9 @@ import threading
 import webbrowser
 from pathlib import Path
 
-from ..state import format_size
-from .service import MODEL_EXTS, Service
+from ..core.sizes import format_size
+from ..core.model_files import is_cached_kind
+from .service import Service
 
 log = logging.getLogger("hearth.tray")
 
@@ -38,7 +39,7 @@ def model_files(roots: list[str], limit: int = MENU_FILES) -> list[str]:
     found = []
     for root in roots:
         for dirpath, _dirs, files in os.walk(root):
-            found += [os.path.join(dirpath, f) for f in files if f.lower().endswith(MODEL_EXTS)]
+            found += [os.path.join(dirpath, f) for f in files if is_cached_kind(f)]
             if len(found) > 20 * limit:
                 break
     found.sort(key=lambda p: os.stat(p).st_mtime if os.path.exists(p) else 0, reverse=True)

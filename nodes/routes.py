@@ -29,14 +29,14 @@ from typing import Any, Callable
 from aiohttp import web
 
 from ..client.connection import Connection, connect
-from ..errors import BadRequest, HearthError, NotFound
-from ..request_body import json_object
+from ..core.errors import BadRequest, HearthError, NotFound
+from ..core.model_files import CACHED_EXTS, is_cached_kind
+from ..core.request_body import json_object
 
 log = logging.getLogger("hearth.routes")
 
 EVENT = "hearth.cache"
 FOLDERS = ("checkpoints", "loras")
-CACHEABLE = (".safetensors", ".sft")
 KEY_RE = re.compile(r"^[0-9a-f]{16}$")
 NAMES_TTL_S = 10.0
 RELAY_THREAD = "hearth-events"
@@ -118,8 +118,8 @@ def _model(body: dict) -> tuple[str, str, str]:
         raise BadRequest(f"folder must be one of {', '.join(FOLDERS)}")
     if not isinstance(name, str) or not name:
         raise BadRequest("name must be a model name as ComfyUI lists it")
-    if not name.lower().endswith(CACHEABLE):
-        raise BadRequest(f"only {', '.join(CACHEABLE)} files are cached, not {name!r}")
+    if not is_cached_kind(name):
+        raise BadRequest(f"only {', '.join(CACHED_EXTS)} files are cached, not {name!r}")
     if name not in folder_paths.get_filename_list(folder):
         raise NotFound(f"ComfyUI lists no {folder} model named {name!r}")
     full = folder_paths.get_full_path(folder, name)
@@ -178,7 +178,7 @@ def _pin(body: dict) -> dict:
 def _models() -> dict:
     import folder_paths
 
-    return {f: [n for n in folder_paths.get_filename_list(f) if n.lower().endswith(CACHEABLE)] for f in FOLDERS}
+    return {f: [n for n in folder_paths.get_filename_list(f) if is_cached_kind(n)] for f in FOLDERS}
 
 
 async def _answer(fn: Callable[..., dict], *args: Any) -> web.Response:

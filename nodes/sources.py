@@ -5,6 +5,7 @@ from __future__ import annotations
 import folder_paths
 
 from ..client import Loaded, load, register_roots
+from ..core.model_files import is_cached_kind
 
 # The folders whose files the daemon may serve to this process (extra_model_paths included).
 _FOLDERS = ("checkpoints", "loras")
@@ -20,7 +21,7 @@ def fetch(folder: str, name: str) -> Loaded:
 
 def safetensors_metadata(path: str) -> dict[str, str] | None:
     """The header's __metadata__ (ComfyUI reads quantisation and model hints there); None for pickles."""
-    if not path.lower().endswith((".safetensors", ".sft")):
+    if not is_cached_kind(path):
         return None
     from safetensors import safe_open
 

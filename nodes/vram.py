@@ -36,8 +36,9 @@ import comfy.utils
 
 from ..client import report_strategy
 from ..planner import LADDER, Hardware, ModelSpec, Plan, PlanImpossible, plan
-from ..planner.detect import BF16_MIN_CC, FP8_MIN_CC, GiB, Accelerator
-from ..state import shm_space
+from ..core.sizes import GiB, format_size, parse_size
+from ..planner.detect import BF16_MIN_CC, FP8_MIN_CC, Accelerator
+from ..core.home import shm_space
 
 log = logging.getLogger("hearth.nodes")
 
@@ -58,20 +59,14 @@ _APPLIED = {
 
 
 def parse_budget(text: str) -> int | None:
-    """'auto' (or empty) -> None; '6', '6.5', '6G', '6 GB' -> bytes (GB as ComfyUI's --reserve-vram: 2**30)."""
-    t = text.strip().lower()
-    for suffix in ("gib", "gb", "g"):
-        t = t.removesuffix(suffix)
-    t = t.strip()
-    if t in ("", "auto"):
+    """'auto' (or empty) -> None; '6', '6.5', '6G', '6 GB', '512M' -> bytes (a bare number is GB, as ComfyUI's
+    --reserve-vram counts: 2**30)."""
+    if text.strip().lower() in ("", "auto"):
         return None
     try:
-        gb = float(t)
+        return parse_size(text, unit=GiB)
     except ValueError:
         raise ValueError(f"VRAM budget {text!r}: give a number of GB (e.g. 6 or 7.5) or auto") from None
-    if not math.isfinite(gb) or gb < 0:
-        raise ValueError(f"VRAM budget {text!r}: must be a number of GB >= 0, or auto")
-    return int(gb * GiB)
 
 
 class HearthVRAMBudget:
@@ -131,8 +126,8 @@ class HearthVRAMBudget:
         elif chosen is not None:
             out, applied = apply_plan(model, chosen)
         about = "\n".join([
-            f"Hearth VRAM plan for {spec.name} ({_gib(spec.weights_bytes)} of {8 * spec.dtype_bytes}-bit weights) "
-            f"on {model.load_device}, budget {'auto' if budget is None else _gib(budget)}, strategy {strategy}.",
+            f"Hearth VRAM plan for {spec.name} ({format_size(spec.weights_bytes)} of {8 * spec.dtype_bytes}-bit weights) "
+            f"on {model.load_device}, budget {'auto' if budget is None else format_size(budget)}, strategy {strategy}.",
             chosen.explanation if chosen else "No plan.",
             *([f"In ComfyUI: {applied}"] if applied else []),
             *(_advice(label, part, hardware, budget) for label, part in (("CLIP", clip), ("VAE", vae)) if part)])
@@ -166,7 +161,7 @@ def apply_plan(model, chosen: Plan) -> tuple[object, str]:
     out = model.clone()
     out.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.PREPARE_SAMPLING, WRAPPER_KEY)  # chained nodes
     s = chosen.strategy
-    details = {"resident": _gib(chosen.resident_bytes)}
+    details = {"resident": format_size(chosen.resident_bytes)}
     if s == "cpu":
         out.load_device = out.offload_device = _CPU
         weight = out.model.get_dtype()
@@ -216,7 +211,7 @@ def _store_fp8(patcher) -> dict[str, str]:
             patcher.add_object_patch(key, torch.nn.Parameter(fp8, requires_grad=False))
             fp8_bytes += fp8.nbytes
     patcher.set_model_compute_dtype(compute)
-    return {"fp8": _gib(fp8_bytes), "compute": str(compute).removeprefix("torch.")}
+    return {"fp8": format_size(fp8_bytes), "compute": str(compute).removeprefix("torch.")}
 
 
 def _hardware(patcher) -> Hardware:
@@ -256,7 +251,7 @@ def _advice(label: str, part, hardware: Hardware, budget: int | None) -> str:
         strategy = plan(spec, hardware, budget).strategy
     except PlanImpossible as e:
         strategy = f"nothing fits ({e})"
-    return (f"{label}, {_gib(spec.weights_bytes)}: would run as {strategy}; ComfyUI loads it by its own "
+    return (f"{label}, {format_size(spec.weights_bytes)}: would run as {strategy}; ComfyUI loads it by its own "
             "rules (this node changes MODEL only).")
 
 
@@ -276,7 +271,3 @@ def _source_name(prompt: dict | None, node_id: str | None) -> str | None:
 
 def _architecture(patcher) -> str:
     return type(getattr(patcher.model, "model_config", patcher.model)).__name__
-
-
-def _gib(n: int) -> str:
-    return f"{n / GiB:.2f} GiB" if n < GiB else f"{n / GiB:.1f} GiB"

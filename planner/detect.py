@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import psutil
 
-from ..state import shm_dir, shm_space
+from ..core.home import shm_dir, shm_space
+from ..core.sizes import GiB
 
 log = logging.getLogger("hearth.planner")
 
-GiB = 1 << 30
 FP8_MIN_CC = (8, 9)  # Ada/Hopper: the first CUDA devices with FP8 tensor cores (torch._scaled_mm)
 BF16_MIN_CC = (8, 0)  # Ampere
 

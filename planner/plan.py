@@ -28,13 +28,14 @@ Estimates, simple on purpose (each is one constant below):
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from dataclasses import dataclass
 
-from ..errors import BadHeader, HearthError
-from .detect import GiB, Hardware
+from ..core.errors import BadHeader, HearthError
+from ..core.safetensors_format import DTYPES, read_header
+from ..core.sizes import GiB, format_size
+from .detect import Hardware
 
 log = logging.getLogger("hearth.planner")
 
@@ -105,10 +106,6 @@ class _Option:
     problem: str | None  # why it cannot run here; None: it can
 
 
-def _gib(n: int | float) -> str:
-    return f"{n / GiB:.1f} GiB" if n >= GiB / 10 or n == 0 else f"{n / GiB:.2f} GiB"
-
-
 class _Situation:
     """One model on one machine: the sizes every strategy is judged by, and one method per strategy."""
 
@@ -117,9 +114,9 @@ class _Situation:
         self.gpu = hw.accelerators[0] if hw.accelerators else None  # device 0, ComfyUI's default
         free = self.gpu.vram_free if self.gpu else 0
         self.usable = max(0, free - reserve if budget is None else min(free - reserve, budget))
-        self.usable_why = f"{_gib(free)} free - {_gib(reserve)} reserve"
+        self.usable_why = f"{format_size(free)} free - {format_size(reserve)} reserve"
         if budget is not None and budget < free - reserve:
-            self.usable_why += f", capped by the {_gib(budget)} budget"
+            self.usable_why += f", capped by the {format_size(budget)} budget"
         self.weights = model.params * min(model.dtype_bytes, 2)
         self.workspace = max(WORKSPACE_FLOOR, int(WORKSPACE_FRACTION * model.params * 2))
         self.layers = 2 * int(LAYER_FRACTION * self.weights)
@@ -134,13 +131,13 @@ class _Situation:
     def _vram_problem(self, need: int, parts: str) -> str | None:
         if need <= self.usable:
             return None
-        return f"needs {_gib(need)} of VRAM ({parts}), only {_gib(self.usable)} usable"
+        return f"needs {format_size(need)} of VRAM ({parts}), only {format_size(self.usable)} usable"
 
     def full_gpu(self) -> _Option:
         need = self.weights + self.workspace
         problem = self._gpu_problem() or self._vram_problem(
-            need, f"{_gib(self.weights)} weights + {_gib(self.workspace)} workspace")
-        return _Option("full_gpu", f"all {_gib(self.weights)} of weights stay in VRAM",
+            need, f"{format_size(self.weights)} weights + {format_size(self.workspace)} workspace")
+        return _Option("full_gpu", f"all {format_size(self.weights)} of weights stay in VRAM",
                        need, 0, self.weights, problem)
 
     def fp8(self) -> _Option:
@@ -153,10 +150,10 @@ class _Situation:
                    or ("FP8 needs compute capability 8.9+ and this GPU's is unknown" if cc is None else None)
                    or (f"FP8 needs compute capability 8.9+, this GPU has {cc[0]}.{cc[1]}"
                        if not self.gpu.fp8 else None)
-                   or self._vram_problem(need, f"{_gib(fp8_weights)} FP8 weights + "
-                                               f"{_gib(self.workspace)} workspace"))
-        return _Option("fp8", f"the weights are cast to FP8 on the GPU ({_gib(self.weights)} -> "
-                              f"{_gib(fp8_weights)}) and all stay in VRAM", need, 0, fp8_weights, problem)
+                   or self._vram_problem(need, f"{format_size(fp8_weights)} FP8 weights + "
+                                               f"{format_size(self.workspace)} workspace"))
+        return _Option("fp8", f"the weights are cast to FP8 on the GPU ({format_size(self.weights)} -> "
+                              f"{format_size(fp8_weights)}) and all stay in VRAM", need, 0, fp8_weights, problem)
 
     def partial(self) -> _Option:
         floor = int(PARTIAL_MIN_FRACTION * self.weights)
@@ -164,25 +161,25 @@ class _Situation:
         streamed = self.weights - resident
         problem = (self._gpu_problem(streams=True)
                    or (self._vram_problem(floor + self.layers + self.workspace,
-                                          f"at least {PARTIAL_MIN_FRACTION:.0%} of the weights ({_gib(floor)}) resident + "
-                                          f"{_gib(self.layers)} for two streamed layers + "
-                                          f"{_gib(self.workspace)} workspace")
+                                          f"at least {PARTIAL_MIN_FRACTION:.0%} of the weights ({format_size(floor)}) resident + "
+                                          f"{format_size(self.layers)} for two streamed layers + "
+                                          f"{format_size(self.workspace)} workspace")
                        if resident < floor else None)
-                   or (f"streams {_gib(streamed)} of weights from RAM, only {_gib(self.hw.ram_available)} "
+                   or (f"streams {format_size(streamed)} of weights from RAM, only {format_size(self.hw.ram_available)} "
                        f"available" if streamed > self.hw.ram_available else None))
-        return _Option("partial", f"{_gib(resident)} of the {_gib(self.weights)} of weights stay in VRAM and "
-                                  f"the other {_gib(streamed)} stream from pinned RAM at every step",
+        return _Option("partial", f"{format_size(resident)} of the {format_size(self.weights)} of weights stay in VRAM and "
+                                  f"the other {format_size(streamed)} stream from pinned RAM at every step",
                        resident + self.layers + self.workspace, streamed, resident, problem)
 
     def sequential(self) -> _Option:
         need = self.layers + self.workspace
         problem = (self._gpu_problem(streams=True)
-                   or self._vram_problem(need, f"{_gib(self.layers)} for two streamed layers + "
-                                               f"{_gib(self.workspace)} workspace")
-                   or (f"needs all {_gib(self.weights)} of weights in RAM, only "
-                       f"{_gib(self.hw.ram_available)} available"
+                   or self._vram_problem(need, f"{format_size(self.layers)} for two streamed layers + "
+                                               f"{format_size(self.workspace)} workspace")
+                   or (f"needs all {format_size(self.weights)} of weights in RAM, only "
+                       f"{format_size(self.hw.ram_available)} available"
                        if self.weights > self.hw.ram_available else None))
-        return _Option("sequential", f"no weights stay in VRAM: all {_gib(self.weights)} stream from pinned "
+        return _Option("sequential", f"no weights stay in VRAM: all {format_size(self.weights)} stream from pinned "
                                      f"RAM layer by layer at every step", need, self.weights, 0, problem)
 
     def cpu(self) -> _Option:
@@ -191,9 +188,9 @@ class _Situation:
         need = weights + self.workspace
         problem = None
         if need > self.hw.ram_available:
-            problem = (f"needs {_gib(need)} of RAM ({_gib(weights)} {8 * per_weight}-bit weights + "
-                       f"{_gib(self.workspace)} workspace), only {_gib(self.hw.ram_available)} available")
-        return _Option("cpu", f"the model runs on the CPU with its {_gib(weights)} of {8 * per_weight}-bit "
+            problem = (f"needs {format_size(need)} of RAM ({format_size(weights)} {8 * per_weight}-bit weights + "
+                       f"{format_size(self.workspace)} workspace), only {format_size(self.hw.ram_available)} available")
+        return _Option("cpu", f"the model runs on the CPU with its {format_size(weights)} of {8 * per_weight}-bit "
                               f"weights in RAM", 0, need, 0, problem)
 
     def options(self) -> list[_Option]:
@@ -216,7 +213,7 @@ def plan(model: ModelSpec, hardware: Hardware, budget: int | None = None, reserv
     here = _Situation(model, hardware, budget, reserve)
     options = here.options()
     fitting = tuple(o.strategy for o in options if o.problem is None)
-    name = model.name or f"a {_gib(model.weights_bytes)} model"
+    name = model.name or f"a {format_size(model.weights_bytes)} model"
     if strategy == "auto":
         if not fitting:
             raise PlanImpossible(_nothing_fits(name, here, options, model, hardware, reserve))
@@ -232,9 +229,9 @@ def plan(model: ModelSpec, hardware: Hardware, budget: int | None = None, reserv
 
 
 def _explain(here: _Situation, chosen: _Option, options: list[_Option]) -> str:
-    usage = f"VRAM {_gib(chosen.vram)}, RAM {_gib(chosen.ram)}"
+    usage = f"VRAM {format_size(chosen.vram)}, RAM {format_size(chosen.ram)}"
     if here.gpu:
-        usage += f"; usable VRAM {_gib(here.usable)} = {here.usable_why}"
+        usage += f"; usable VRAM {format_size(here.usable)} = {here.usable_why}"
     text = f"Chose {chosen.strategy}: {chosen.does} ({usage})."
     why_not: dict[str, list[str]] = {}  # one sentence per reason ("no GPU" rules out four at once)
     for better in reversed(options[:LADDER.index(chosen.strategy)]):  # the next better one first
@@ -250,9 +247,9 @@ def _warnings(here: _Situation, chosen: _Option) -> tuple[str, ...]:
     if chosen.strategy == "fp8":
         warnings.append("FP8 weights: outputs differ slightly from the 16-bit model")
     if chosen.strategy in ("partial", "sequential"):
-        warnings.append(f"{_gib(chosen.ram)} cross the PCIe bus at every step: slower than a full load")
+        warnings.append(f"{format_size(chosen.ram)} cross the PCIe bus at every step: slower than a full load")
         if here.hw.shm_free < chosen.ram:
-            warnings.append(f"/dev/shm has {_gib(here.hw.shm_free)} free, less than the {_gib(chosen.ram)} "
+            warnings.append(f"/dev/shm has {format_size(here.hw.shm_free)} free, less than the {format_size(chosen.ram)} "
                             f"to stream: Hearth cannot share them, ComfyUI will pin private RAM instead")
     if chosen.strategy == "cpu":
         warnings.append("CPU inference is slow: expect minutes per image")
@@ -263,20 +260,16 @@ def _nothing_fits(name: str, here: _Situation, options: list[_Option], model: Mo
                   hardware: Hardware, reserve: int) -> str:
     reasons = "; ".join(f"{o.strategy}: {o.problem}" for o in options)
     seq, cpu = options[LADDER.index("sequential")], options[LADDER.index("cpu")]
-    fits = (f"It would fit on a CUDA GPU with {_gib(seq.vram + reserve)} free and {_gib(seq.ram)} of RAM "
-            f"(sequential), or on the CPU with {_gib(cpu.ram)} of RAM.")
+    fits = (f"It would fit on a CUDA GPU with {format_size(seq.vram + reserve)} free and {format_size(seq.ram)} of RAM "
+            f"(sequential), or on the CPU with {format_size(cpu.ram)} of RAM.")
     if here.usable < (here.gpu.vram_free - reserve if here.gpu else 0):
         try:
             unbudgeted = plan(model, hardware, None, reserve)
             fits += f" Without the VRAM budget it would run as {unbudgeted.strategy}."
         except PlanImpossible:
             pass
-    return (f"Nothing fits {name} on this hardware (usable VRAM {_gib(here.usable)} = {here.usable_why}; "
+    return (f"Nothing fits {name} on this hardware (usable VRAM {format_size(here.usable)} = {here.usable_why}; "
             f"{reasons}). {fits}")
-
-
-_FLOAT_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1}
-_HEADER_MAX = 100_000_000  # DESIGN 3
 
 
 def model_spec_from_file(path: str | os.PathLike) -> ModelSpec:
@@ -284,38 +277,22 @@ def model_spec_from_file(path: str | os.PathLike) -> ModelSpec:
 
     A full checkpoint (keys under `model.diffusion_model.`) is sized by its diffusion model: that is what
     is on the GPU while sampling (ComfyUI runs the text encoders and the VAE before and after it).
-    The dtype is the one holding most bytes. Raises BadHeader for a malformed header, ValueError when
-    most bytes are not floats (quantized integer formats are beyond this planner).
+    The dtype is the one holding most bytes. Raises BadHeader for a malformed header (the same validation
+    as the cache's), ValueError when most bytes are not floats (quantized integer formats are beyond this
+    planner).
     """
     path = os.fspath(path)
     with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        length = int.from_bytes(f.read(8), "little")
-        if size < 8 or not 2 <= length <= min(_HEADER_MAX, size - 8):
-            raise BadHeader(f"{path}: header length {length} out of range for a {size}-byte file")
-        try:
-            header = json.loads(f.read(length).decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise BadHeader(f"{path}: header is not UTF-8 JSON ({exc})") from None
-    if not isinstance(header, dict):
-        raise BadHeader(f"{path}: header is not a JSON object")
-    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
-    if any(k.startswith("model.diffusion_model.") for k in tensors):
-        tensors = {k: v for k, v in tensors.items() if k.startswith("model.diffusion_model.")}
+        header = read_header(f.fileno(), path)
+    tensors = header.tensors
+    if any(e.name.startswith("model.diffusion_model.") for e in tensors):
+        tensors = tuple(e for e in tensors if e.name.startswith("model.diffusion_model."))
     by_dtype: dict[str, int] = {}
-    for key, entry in tensors.items():
-        try:
-            begin, end = entry["data_offsets"]
-            dtype = entry["dtype"]
-        except (TypeError, KeyError, ValueError):
-            raise BadHeader(f"{path}: tensor {key!r} lacks dtype or data_offsets") from None
-        if not (type(begin) is int and type(end) is int and 0 <= begin <= end <= size - 8 - length):
-            raise BadHeader(f"{path}: tensor {key!r} has data_offsets outside the file")
-        by_dtype[dtype] = by_dtype.get(dtype, 0) + end - begin
-    total = sum(by_dtype.values())
-    if total == 0:
+    for e in tensors:
+        by_dtype[e.dtype] = by_dtype.get(e.dtype, 0) + e.end - e.begin
+    if sum(by_dtype.values()) == 0:
         raise BadHeader(f"{path}: no tensor data")
-    dominant = max(by_dtype, key=by_dtype.get)
-    if dominant not in _FLOAT_BYTES:
+    dominant = max(by_dtype, key=lambda k: by_dtype[k])
+    if not DTYPES[dominant].is_float:
         raise ValueError(f"{path}: most weights are {dominant}; the planner sizes float weights only")
-    return ModelSpec(total, _FLOAT_BYTES[dominant], "diffusion", os.path.basename(path))
+    return ModelSpec(sum(by_dtype.values()), DTYPES[dominant].size, "diffusion", os.path.basename(path))

@@ -10,8 +10,8 @@ import pytest
 from safetensors import safe_open
 
 from comfyui_hearth.client.mapping import map_segment
-from comfyui_hearth.daemon.header import DTYPE_SIZES, MAX_HEADER, parse_header, read_header
-from comfyui_hearth.errors import BadHeader
+from comfyui_hearth.core.safetensors_format import DTYPES, MAX_HEADER, parse_header, read_header
+from comfyui_hearth.core.errors import BadHeader
 
 from conftest import make_model, sample_tensors
 from hostile import CASES, GOOD, file, t
@@ -109,13 +109,18 @@ def test_limits():
     b = struct.pack("<Q", MAX_HEADER)
     with pytest.raises(BadHeader, match="past the end"):
         parse_header(b, 8 + MAX_HEADER - 1, "f")
-    # every dtype the torch side maps has a size, and every sized dtype maps to a torch dtype or None
-    from comfyui_hearth.client.mapping import DTYPES
+    # the one dtype table agrees with this torch and with safetensors' own table of names
+    from safetensors.torch import _TYPES
 
-    assert set(DTYPES) == set(DTYPE_SIZES)
-    for name, dt in DTYPES.items():
+    from comfyui_hearth.client.mapping import TORCH_DTYPES
+
+    assert set(TORCH_DTYPES) == set(DTYPES)
+    for name, dt in TORCH_DTYPES.items():
         if dt is not None:
-            assert dt.itemsize == DTYPE_SIZES[name], name
+            assert dt.itemsize == DTYPES[name].size, name
+            assert dt.is_floating_point == (DTYPES[name].is_float and name != "C64"), name
+        if name in _TYPES:
+            assert _TYPES[name] == dt, name
 
 
 def test_client_validates_segment_before_mapping(tmp_path):

@@ -10,9 +10,9 @@ import os
 
 import pytest
 
-from comfyui_hearth.errors import BadHeader, HearthError
+from comfyui_hearth.core.errors import BadHeader, HearthError
 from comfyui_hearth.planner import Hardware, ModelSpec, PlanImpossible, model_spec_from_file, plan
-from comfyui_hearth.planner import cli
+from comfyui_hearth.cli import plan as cli
 
 GiB = 2**30
 GB = 10**9

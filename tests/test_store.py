@@ -575,7 +575,7 @@ def test_tmpfs_room_is_promised_whole_and_taken_per_range(small_tmpfs, monkeypat
     """daemon/room.py on a real 8 MB tmpfs: a promise counts against the next fill before any page is
     allocated; a range the tmpfs can no longer hold is ShmFull, not a SIGBUS later; close() returns the rest."""
     from comfyui_hearth.daemon.room import Room
-    from comfyui_hearth.errors import ShmFull
+    from comfyui_hearth.core.errors import ShmFull
 
     monkeypatch.setenv("HEARTH_SHM_DIR", str(small_tmpfs))
     a = os.open(small_tmpfs / "a.part", os.O_RDWR | os.O_CREAT, 0o600)

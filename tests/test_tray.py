@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from comfyui_hearth.state import create_token, ensure_home
+from comfyui_hearth.core.home import ensure_home
+from comfyui_hearth.core.token import create_token
 
 from conftest import make_model
 

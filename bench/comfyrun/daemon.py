@@ -28,7 +28,7 @@ class Daemon:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> Daemon:
-        from comfyui_hearth.daemon.spawn import start_daemon
+        from comfyui_hearth.client.spawn import start_daemon
 
         self.shm_dir.mkdir(parents=True, exist_ok=True)
         self.proc = start_daemon(self.env, timeout=30.0)

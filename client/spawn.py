@@ -7,8 +7,9 @@ import subprocess
 import sys
 import time
 
-from ..errors import DaemonUnavailable
-from ..state import daemon_info_path, ensure_home, read_json
+from ..core.errors import DaemonUnavailable
+from ..core.home import daemon_info_path, ensure_home
+from ..core.jsonfile import read_json
 
 
 def start_daemon(env: dict[str, str] | None = None, timeout: float = 30.0) -> subprocess.Popen:

@@ -13,17 +13,32 @@ import os
 import struct
 from dataclasses import dataclass
 
-from ..errors import BadHeader
+from .errors import BadHeader
 
 MAX_HEADER = 100 * 1024 * 1024
 
-# dtype name -> item size in bytes (safetensors' own list; the sub-byte F4/F6 types are not cached: such
-# files are refused here and loaded the stock way).
-DTYPE_SIZES = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1, "F8_E4M3FNUZ": 1, "F8_E5M2FNUZ": 1,
-    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-    "I32": 4, "U32": 4, "F32": 4,
-    "I64": 8, "U64": 8, "F64": 8, "C64": 8,
+
+@dataclass(frozen=True)
+class DType:
+    """One safetensors dtype: bytes per element, the torch dtype's attribute name, whether it is a float."""
+
+    size: int
+    torch_name: str  # absent from older torch builds (the unsigned and some fp8 types)
+    is_float: bool
+
+
+# safetensors' own list. The sub-byte F4/F6 types are not cached: such files are refused here and loaded
+# the stock way.
+DTYPES = {
+    "BOOL": DType(1, "bool", False), "U8": DType(1, "uint8", False), "I8": DType(1, "int8", False),
+    "F8_E5M2": DType(1, "float8_e5m2", True), "F8_E4M3": DType(1, "float8_e4m3fn", True),
+    "F8_E8M0": DType(1, "float8_e8m0fnu", True), "F8_E4M3FNUZ": DType(1, "float8_e4m3fnuz", True),
+    "F8_E5M2FNUZ": DType(1, "float8_e5m2fnuz", True),
+    "I16": DType(2, "int16", False), "U16": DType(2, "uint16", False), "F16": DType(2, "float16", True),
+    "BF16": DType(2, "bfloat16", True),
+    "I32": DType(4, "int32", False), "U32": DType(4, "uint32", False), "F32": DType(4, "float32", True),
+    "I64": DType(8, "int64", False), "U64": DType(8, "uint64", False), "F64": DType(8, "float64", True),
+    "C64": DType(8, "complex64", False),
 }
 
 
@@ -106,14 +121,14 @@ def _entry(fname: str, key: str, v: object) -> TensorEntry:
     if not isinstance(v, dict) or set(v) != {"dtype", "shape", "data_offsets"}:
         raise BadHeader(f"{where} must be {{dtype, shape, data_offsets}}, got {str(v)[:80]}")
     dtype, shape, offs = v["dtype"], v["shape"], v["data_offsets"]
-    if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:  # a list or object is not even hashable
+    if not isinstance(dtype, str) or dtype not in DTYPES:  # a list or object is not even hashable
         raise BadHeader(f"{where}: unknown dtype {dtype!r}")
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
         raise BadHeader(f"{where}: shape must be a list of integers >= 0, got {shape!r}")
     if (not isinstance(offs, list) or len(offs) != 2 or not all(type(o) is int for o in offs)
             or not 0 <= offs[0] <= offs[1]):
         raise BadHeader(f"{where}: data_offsets must be [begin, end] with 0 <= begin <= end, got {offs!r}")
-    nbytes = DTYPE_SIZES[dtype]
+    nbytes = DTYPES[dtype].size
     for d in shape:  # Python ints do not overflow, but a hostile shape must not make us build huge numbers
         nbytes *= d
         if nbytes > 1 << 62:

@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 
+_BY_CODE: dict[str, type[HearthError]] = {}
+
+
 class HearthError(Exception):
-    """Base error: `code` is a stable string that the API, the CLI and the client all use."""
+    """Base error: `code` is a stable string that the API, the CLI and the client all use.
+
+    Every subclass is registered by its code when it is defined, so an error the daemon answered with is
+    rebuilt as the same class on the client's side (`from_code`).
+    """
 
     code = "internal"
     http_status = 500
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if _BY_CODE.setdefault(cls.code, cls) is not cls:
+            raise TypeError(f"error code {cls.code!r} is taken by {_BY_CODE[cls.code].__name__}")
 
     def __init__(self, message: str):
         super().__init__(message)
@@ -59,11 +71,6 @@ class DaemonStalled(DaemonUnavailable):
     """The daemon stopped answering, or its fills stopped moving, while a client waited on an acquire."""
 
     code = "daemon_stalled"
-
-
-_BY_CODE = {cls.code: cls for cls in (BadHeader, NotAllowed, OverBudget, ShmFull, SourceChanged,
-                                       NotFound, Unauthorized, BadRequest, DaemonUnavailable,
-                                       DaemonStalled)}
 
 
 def from_code(code: str, message: str) -> HearthError:

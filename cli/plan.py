@@ -9,11 +9,14 @@ import os
 import sys
 import textwrap
 
-from ..errors import HearthError
-from .detect import GiB, Hardware, detect
-from .plan import LADDER, ModelSpec, Plan, model_spec_from_file, plan
+from ..core.errors import HearthError
+from ..core.safetensors_format import DTYPES
+from ..core.sizes import GiB, format_size, parse_size
+from ..planner.detect import Hardware, detect
+from ..planner.plan import LADDER, ModelSpec, Plan, model_spec_from_file, plan
 
-_DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1}
+# --dtype for a SIZE: the weights' safetensors dtype
+_DTYPE_NAMES = {"fp32": "F32", "fp16": "F16", "bf16": "BF16", "fp8": "F8_E4M3"}
 
 
 def register(subparsers) -> None:
@@ -33,7 +36,7 @@ def register(subparsers) -> None:
     p.add_argument("--budget", type=_gb, metavar="GB", help="the most VRAM Hearth may use")
     p.add_argument("--reserve", type=_gb, metavar="GB", help="VRAM kept free for everything else (default 1)")
     p.add_argument("--strategy", choices=("auto",) + LADDER, default="auto", help="check this strategy only")
-    p.add_argument("--dtype", choices=tuple(_DTYPE_BYTES), default="fp16", help="weight type, for a SIZE")
+    p.add_argument("--dtype", choices=tuple(_DTYPE_NAMES), default="fp16", help="weight type, for a SIZE")
     p.add_argument("--kind", choices=("diffusion", "text_encoder"), default="diffusion",
                    help="for a SIZE: text encoders stay 16-bit on CPU, diffusion models become fp32")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -41,13 +44,11 @@ def register(subparsers) -> None:
 
 
 def _gb(text: str) -> int:
+    """A size for --vram and the like: a bare number is GB (GiB), '512M' and '1.5G' work too."""
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of GB: {text!r}") from None
-    if not 0 <= value < 1 << 20:
-        raise argparse.ArgumentTypeError(f"out of range: {text}")
-    return int(value * GiB)
+        return parse_size(text, unit=GiB)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _cc(text: str) -> tuple[int, int]:
@@ -65,12 +66,12 @@ def cmd_detect(args: argparse.Namespace) -> int:
     for a in hw.accelerators:
         cc = f", compute capability {a.compute_capability[0]}.{a.compute_capability[1]}" \
             if a.compute_capability else ""
-        print(f"GPU {a.index}    {a.name} ({a.kind}): {_g(a.vram_total)} total, {_g(a.vram_free)} free{cc}, "
+        print(f"GPU {a.index}    {a.name} ({a.kind}): {format_size(a.vram_total)} total, {format_size(a.vram_free)} free{cc}, "
               f"FP8 {_yes(a.fp8)}, BF16 {_yes(a.bf16)}")
     if not hw.accelerators:
         print("GPU      none (CPU only)")
-    print(f"RAM      {_g(hw.ram_total)} total, {_g(hw.ram_available)} available")
-    print(f"/dev/shm {_g(hw.shm_total)} total, {_g(hw.shm_free)} free")
+    print(f"RAM      {format_size(hw.ram_total)} total, {format_size(hw.ram_available)} available")
+    print(f"/dev/shm {format_size(hw.shm_total)} total, {format_size(hw.shm_free)} free")
     print(f"CPU      {hw.cpu_cores} cores")
     for note in hw.notes:
         print(f"note: {note}")
@@ -89,9 +90,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
             return 1
     else:
         try:
-            size = float(args.model)
-            model = ModelSpec(int(size * GiB), _DTYPE_BYTES[args.dtype], args.kind,
-                              f"{size:g} GiB of {args.dtype} weights")
+            size = parse_size(args.model, unit=GiB)
+            if size <= 0:
+                raise ValueError
+            model = ModelSpec(size, DTYPES[_DTYPE_NAMES[args.dtype]].size, args.kind,
+                              f"{format_size(size)} of {args.dtype} weights")
         except ValueError:
             print(f"hearth plan: {args.model!r} is neither a file nor a positive size in GB", file=sys.stderr)
             return 2
@@ -126,23 +129,19 @@ def _hardware(args: argparse.Namespace) -> Hardware:
 
 def _print_plan(model: ModelSpec, hw: Hardware, result: Plan) -> None:
     gpu = hw.accelerators[0] if hw.accelerators else None
-    machine = "no GPU" if gpu is None else f"{gpu.name}, {_g(gpu.vram_free)} free"
+    machine = "no GPU" if gpu is None else f"{gpu.name}, {format_size(gpu.vram_free)} free"
     if gpu is not None and gpu.compute_capability:
         machine += f", compute capability {gpu.compute_capability[0]}.{gpu.compute_capability[1]}"
-    print(f"Model     {model.name}: {_g(model.weights_bytes)}, {model.dtype_bytes} bytes per weight")
-    print(f"Hardware  {machine}; RAM {_g(hw.ram_available)} available")
+    print(f"Model     {model.name}: {format_size(model.weights_bytes)}, {model.dtype_bytes} bytes per weight")
+    print(f"Hardware  {machine}; RAM {format_size(hw.ram_available)} available")
     print(f"Plan      {result.strategy}")
-    print(f"VRAM      {_g(result.vram_bytes)}" + (f" ({_g(result.resident_bytes)} of weights resident)"
+    print(f"VRAM      {format_size(result.vram_bytes)}" + (f" ({format_size(result.resident_bytes)} of weights resident)"
                                                   if result.strategy == "partial" else ""))
-    print(f"RAM       {_g(result.ram_bytes)}")
+    print(f"RAM       {format_size(result.ram_bytes)}")
     print(textwrap.fill(result.explanation, width=100, initial_indent="Why       ",
                         subsequent_indent=" " * 10))
     for warning in result.warnings:
         print(f"Warning   {warning}")
-
-
-def _g(n: int) -> str:
-    return f"{n / GiB:.1f} GiB"
 
 
 def _yes(flag: bool) -> str:

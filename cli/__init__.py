@@ -1,0 +1,68 @@
+"""The `hearth` command: thin argument parsing over the daemon's service API and the client.
+
+Exit codes: 0 success, 1 a refused request (one line on stderr says why), 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from ..core.errors import HearthError
+from .cache import cmd_config, cmd_evict, cmd_pin, cmd_preload, cmd_status
+from .daemon import cmd_daemon
+from .plan import register as register_plan
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hearth", description="Hearth: model weights kept warm in shared memory.")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    d = sub.add_parser("daemon", help="run the daemon (one per user)")
+    d.add_argument("--headless", action="store_true", help="no tray icon (servers)")
+    d.add_argument("--port", type=int, default=None, help="port on 127.0.0.1 (default $HEARTH_PORT or 7788; 0: any)")
+    d.set_defaults(func=cmd_daemon)
+
+    s = sub.add_parser("status", help="what is cached, budget, hits")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_status)
+
+    pl = sub.add_parser("preload", help="fill models into the cache now")
+    pl.add_argument("paths", nargs="+", metavar="PATH")
+    pl.add_argument("--no-wait", action="store_true", help="queue and return at once")
+    pl.set_defaults(func=cmd_preload)
+
+    e = sub.add_parser("evict", help="remove a model (or all) from the cache")
+    e.add_argument("path", nargs="?", metavar="PATH")
+    e.add_argument("--all", action="store_true")
+    e.set_defaults(func=cmd_evict)
+
+    for name, pinned in (("pin", True), ("unpin", False)):
+        pp = sub.add_parser(name, help=f"{name} a model (pinned models are never evicted by LRU)")
+        pp.add_argument("path", metavar="PATH")
+        pp.set_defaults(func=cmd_pin, pinned=pinned)
+
+    c = sub.add_parser("config", help="show or change settings (budget, model_dirs, max_fills, autostart)")
+    c.add_argument("key", nargs="?")
+    c.add_argument("value", nargs="?")
+    c.set_defaults(func=cmd_config)
+
+    register_plan(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s" if args.command == "daemon"
+                        else "%(message)s")
+    try:
+        return args.func(args)
+    except HearthError as e:
+        print(f"hearth: {e.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,7 @@
+"""`python -m comfyui_hearth.cli`: the `hearth` command without its console script."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

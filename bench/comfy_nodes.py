@@ -35,11 +35,11 @@ import time
 import uuid
 from pathlib import Path
 
-from .comfyrun import graphs
-from .comfyrun.checkout import find_comfyui
-from .comfyrun.daemon import Daemon
-from .comfyrun.models import build_checkpoint, build_lora, lora_bytes_per_rank
-from .comfyrun.server import ComfyServer, write_extra_model_paths
+from harness import graphs
+from harness.checkout import find_comfyui
+from harness.daemon import Daemon
+from harness.models import build_checkpoint, build_lora, lora_bytes_per_rank
+from harness.server import ComfyServer, write_extra_model_paths
 from .load import drop_page_cache
 
 OUT = Path(__file__).resolve().parent / "out" / "comfy"

@@ -1,10 +1,10 @@
-"""Finding the ComfyUI that the real-ComfyUI tests and benchmarks drive (bench/comfyrun/checkout.py)."""
+"""Finding the ComfyUI that the real-ComfyUI tests and benchmarks drive (harness/checkout.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from bench.comfyrun.checkout import find_comfyui
+from harness.checkout import find_comfyui
 
 
 def fake_checkout(root: Path, requirements: str) -> Path:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psutil
 
-from ..comfyrun.checkout import find_comfyui
+from harness.checkout import find_comfyui
 from . import __doc__ as DOC
 from . import cuda, loading, sharing, switching
 from .fixture import CKPT, LORAS, Bench, bench, build_models

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import psutil
 
-from ..comfyrun import graphs
-from ..comfyrun.daemon import Daemon
-from ..comfyrun.models import build_checkpoint, build_lora
-from ..comfyrun.server import ComfyServer, write_extra_model_paths
+from harness import graphs
+from harness.daemon import Daemon
+from harness.models import build_checkpoint, build_lora
+from harness.server import ComfyServer, write_extra_model_paths
 from ..load import OUT
 
 STOCK, HEARTH = "stock", "hearth"

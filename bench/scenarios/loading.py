@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from ..comfyrun.server import ComfyServer, Run
+from harness.server import ComfyServer, Run
 from ..load import drop_page_cache
 from .fixture import HEARTH, LOADER_ID, SIDES, Bench, loader_graph, txt2img_graph, warm_page_cache
 from .memory import usage

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 
-from ..comfyrun.server import ComfyServer, Run
+from harness.server import ComfyServer, Run
 from .fixture import LOADER_ID, LORAS, SIDES, SWAPPER_ID, Bench, txt2img_graph
 from .loading import timed_run
 

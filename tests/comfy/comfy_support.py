@@ -7,9 +7,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the harness lives in the repository's bench/
-from bench.comfyrun import graphs  # noqa: E402
-from bench.comfyrun.server import ComfyServer, Run  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the harness lives at the repository's root
+from harness import graphs  # noqa: E402
+from harness.server import ComfyServer, Run  # noqa: E402
 
 CKPT = "tiny-sd15.safetensors"
 LORA_A, LORA_B = "lora_a.safetensors", "lora_b.safetensors"

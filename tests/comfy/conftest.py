@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from .comfy_support import CKPT, LORA_A, LORA_B, Models, StockRenders, start_comfy
 
-from bench.comfyrun.checkout import find_comfyui
-from bench.comfyrun.daemon import Daemon
-from bench.comfyrun.models import build_checkpoint, build_lora
-from bench.comfyrun.server import ComfyServer, write_extra_model_paths
+from harness.checkout import find_comfyui
+from harness.daemon import Daemon
+from harness.models import build_checkpoint, build_lora
+from harness.server import ComfyServer, write_extra_model_paths
 
 
 @pytest.fixture(scope="session")

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from .comfy_support import CKPT, LORA_A, LORA_B, hearth_graph, loads, pixels, start_comfy
 
-from bench.comfyrun import graphs
-from bench.comfyrun.daemon import sha256
+from harness import graphs
+from harness.daemon import sha256
 
 STACK = [(LORA_A, 1.0, 1.0), (LORA_B, 0.5, 0.7)]
 

@@ -23,10 +23,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the harness lives in the repository's bench/
-from bench.comfyrun.checkout import find_comfyui  # noqa: E402
-from bench.comfyrun.daemon import Daemon  # noqa: E402
-from bench.comfyrun.server import PACK_NAME, ComfyServer, write_extra_model_paths  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the harness lives at the repository's root
+from harness.checkout import find_comfyui  # noqa: E402
+from harness.daemon import Daemon  # noqa: E402
+from harness.server import PACK_NAME, ComfyServer, write_extra_model_paths  # noqa: E402
 
 CKPT, LORA = "panel-ckpt.safetensors", "panel-lora.safetensors"
 

@@ -17,9 +17,9 @@ from .comfy_support import CKPT, pixels
 from .test_nodes import test_ui_workflows_hold_the_widget_values_of_the_api_workflows as _widgets_match
 from .test_workflows import test_api_workflow_matches_its_ui_twin as _api_matches_ui
 
-from bench.comfyrun import graphs
-from bench.comfyrun.checkout import comfy_env
-from bench.comfyrun.server import ComfyError
+from harness import graphs
+from harness.checkout import comfy_env
+from harness.server import ComfyError
 
 WORKFLOW = "hearth_vram_budget"
 BUDGET, PREVIEW, SAMPLER = "8", "9", "5"  # node ids in the workflow

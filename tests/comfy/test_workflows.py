@@ -6,7 +6,7 @@ from __future__ import annotations
 from . import comfy_support  # noqa: F401  (puts the repository's bench/ on sys.path)
 import pytest
 
-from bench.comfyrun import graphs
+from harness import graphs
 
 NAMES = ["hearth_txt2img", "hearth_lora_stack"]
 

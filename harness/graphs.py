@@ -6,7 +6,7 @@ import copy
 import json
 from pathlib import Path
 
-WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
+WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
 LORA_SLOTS = 4  # nodes/lora.py SLOTS; the workflows carry all of them
 
 Lora = tuple[str, float, float]  # name, strength_model, strength_clip

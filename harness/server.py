@@ -24,7 +24,7 @@ from pathlib import Path
 from . import process
 from .checkout import comfy_env
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 PACK_NAME = "comfyui-hearth"
 
 

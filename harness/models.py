@@ -70,11 +70,6 @@ def lora_targets(checkpoint: Path) -> dict[str, list[int]]:
     return targets
 
 
-def lora_bytes_per_rank(checkpoint: Path) -> int:
-    """fp16 bytes that one unit of rank adds to a LoRA over all targets (lora_down + lora_up)."""
-    return sum(2 * (shape[0] + shape[1]) for shape in lora_targets(checkpoint).values())
-
-
 def build_lora(checkpoint: Path, out: Path, rank: int, seed: int, unet_layers: int | None = None,
                clip_layers: int | None = None) -> Path:
     """Write a kohya-format LoRA (lora_down/lora_up/alpha) for `checkpoint`'s attention and MLP layers.

@@ -3,7 +3,7 @@
 Two panels: times on a log scale (the ratios span two decades) and memory on a linear one. Each row is a
 pair of bars at the median, labelled with the value and Hearth's ratio to stock.
 
-    python -m bench.chart bench/scenarios.json bench/scenarios.png    # redraw from a run's JSON
+    python -m bench.chart bench/results/scenarios.json bench/results/scenarios.png    # redraw from a run's JSON
 """
 
 from __future__ import annotations

@@ -15,5 +15,5 @@ and websocket API, one fresh process per measurement, with a private Hearth daem
 7. with CUDA: host-to-device bandwidth from the segment, pageable and pinned memory; time to the GPU.
 
 Prints one table (min and median, ratio Hearth / stock, targets) and writes scenarios.json, the chart
-scenarios.png and README-results.md (bench/ for a full run, bench/out/quick/ for --quick).
+scenarios.png and README-results.md (bench/results/ for a full run, bench/out/quick/ for --quick).
 """

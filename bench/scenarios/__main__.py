@@ -22,6 +22,7 @@ from .restart import daemon_restart
 
 BENCH = Path(__file__).resolve().parents[1]
 REPO = BENCH.parent
+RESULTS = BENCH / "results"  # a full run's figures, versioned: the README shows them
 
 
 def machine(checkout: Path) -> dict:
@@ -92,11 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, help="fresh processes per side and row (default 3, quick 1)")
     ap.add_argument("--only", help="comma-separated scenario numbers (default: all)")
     ap.add_argument("--out", type=Path, help="folder for scenarios.json, scenarios.png and README-results.md "
-                                             "(default: bench/ for a full run, bench/out/quick/ for --quick)")
+                                             "(default: bench/results/ for a full run, bench/out/quick/ for "
+                                             "--quick)")
     ap.add_argument("--render", type=Path, metavar="JSON", help="only redraw the table, chart and README text "
                                                                "from a run's scenarios.json (into --out)")
     args = ap.parse_args(argv)
-    out_dir = args.out or (args.render.parent if args.render else BENCH / "out" / "quick" if args.quick else BENCH)
+    out_dir = args.out or (args.render.parent if args.render else BENCH / "out" / "quick" if args.quick else RESULTS)
     out_dir.mkdir(parents=True, exist_ok=True)
     if args.render:
         write(json.loads(args.render.read_text()), out_dir)
@@ -133,11 +135,12 @@ def readme_text(doc: dict, table: str, said: list[str]) -> str:
               if busy else [])
     return "\n".join([
         "## Measured: stock ComfyUI vs Hearth (`python -m bench.scenarios`)", "",
-        "![stock vs Hearth per scenario](bench/scenarios.png)", "",
+        "![stock vs Hearth per scenario](bench/results/scenarios.png)", "",
         header(doc), "", table, "",
         *[f"- {n}" for n in said], "", *caveat, *([""] if caveat else []),
         "Reproduce with `pip install .[bench]` and `python -m bench.scenarios` (a ComfyUI checkout at "
-        "`$HEARTH_COMFYUI` or `~/comfy/ComfyUI`); every run's figures and what they taught are in "
+        "`$HEARTH_COMFYUI` or `~/comfy/ComfyUI`), which rewrites this table, the chart and their JSON in "
+        "`bench/results/`; every run's figures and what they taught are in "
         "[bench/RESULTS.md](bench/RESULTS.md).", ""])
 
 

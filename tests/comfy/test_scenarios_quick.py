@@ -40,5 +40,5 @@ def test_quick_run_measures_every_scenario_and_draws_the_chart(comfy_checkout, t
     png = tmp_path / "scenarios.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     readme = (tmp_path / "README-results.md").read_text()
-    assert "bench/scenarios.png" in readme and "| 1 |" in readme
+    assert "bench/results/scenarios.png" in readme and "| 1 |" in readme
     assert "Hearth / stock" in out.stdout

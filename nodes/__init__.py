@@ -1,9 +1,18 @@
-"""Hearth's ComfyUI nodes (V1 node API). The only package of Hearth that imports ComfyUI."""
+"""Hearth's ComfyUI nodes and the pack's entry inside ComfyUI. The only package of Hearth that imports ComfyUI.
 
-from . import routes  # noqa: F401 - the panel's /hearth/ routes and event relay (inside ComfyUI's server)
+Node API: V1 (`NODE_CLASS_MAPPINGS`) for the whole pack. The loaders Hearth stands in for, CheckpointLoaderSimple
+and LoraLoader, are V1 classes in 0.3.64, 0.13 and 0.28 alike, and V1 loads unchanged in all three; V3's
+`comfy_api.latest` moves between them (0.3.64's ComboDynamic and AutogrowDynamic are DynamicCombo and Autogrow
+in 0.28) and is ignored where a pack also has V1 mappings.
+"""
+
+import logging
+
 from .checkpoint import HearthCheckpointLoader
 from .lora import HearthLoraSwapper
 from .vram import HearthVRAMBudget
+
+log = logging.getLogger("hearth.nodes")
 
 NODE_CLASS_MAPPINGS = {
     "HearthCheckpointLoader": HearthCheckpointLoader,
@@ -15,3 +24,25 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "HearthLoraSwapper": "Hearth LoRA Swapper",
     "HearthVRAMBudget": "Hearth VRAM Budget",
 }
+
+
+def _add_panel_routes() -> None:
+    """The panel's /hearth/ routes on ComfyUI's server, where this process has one; never raises."""
+    try:
+        from server import PromptServer  # ComfyUI's (imported already when ComfyUI loads its packs)
+    except Exception:  # noqa: BLE001 - ComfyUI used as a library, without its server: no panel to serve
+        log.debug("Hearth: no ComfyUI server module; panel routes not added", exc_info=True)
+        return
+    instance = getattr(PromptServer, "instance", None)
+    if instance is None:
+        log.debug("Hearth: no ComfyUI server in this process; panel routes not added")
+        return
+    try:
+        from . import routes
+
+        routes.register(instance)  # once per server, however many times the pack is imported
+    except Exception:  # noqa: BLE001 - the panel is optional; the nodes must still load
+        log.exception("Hearth: could not add the panel's routes")
+
+
+_add_panel_routes()

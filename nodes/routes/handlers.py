@@ -1,0 +1,110 @@
+"""The /hearth/ request handlers: the browser's doors, then the daemon call in an executor, then redaction.
+
+Every daemon call blocks (the client's connection is synchronous), so it runs in ComfyUI's default executor
+and never stalls the server's event loop. Typed errors become {"error": {"code", "message"}} answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import TYPE_CHECKING, Any, Callable
+
+from aiohttp import web
+
+from ...client.connection import Connection, connect
+from ...core.errors import BadRequest, HearthError
+from ...core.request_body import json_object
+from .guard import check_json, check_origin
+from .names import model_path, model_roots
+from .redact import redact_answer, redact_status
+
+if TYPE_CHECKING:
+    from .relay import Relay
+
+Handler = Callable[[web.Request], Any]
+
+KEY_RE = re.compile(r"^[0-9a-f]{16}$")
+
+
+# ---- what each route does (blocking; run in the executor) -----------------------------------------
+
+def _with_roots(conn: Connection) -> Connection:
+    """Tell the daemon ComfyUI's model folders, so that the files ComfyUI names are allowed."""
+    roots = model_roots()
+    if roots:
+        conn.post("/v1/roots", {"roots": roots})
+    return conn
+
+
+def status(relay: Relay) -> dict:
+    """The daemon's status, or {"daemon": "down", "reason"}: the panel shows either."""
+    try:
+        doc = connect(timeout=5.0).get("/v1/status")
+    except HearthError as e:
+        return {"daemon": "down", "reason": e.message}
+    if not relay.up:
+        relay.poke()  # someone is watching and the daemon is back: reconnect now, not at the next backoff
+    return {"daemon": "up", "relay": relay.up, **redact_status(doc)}
+
+
+def preload(body: dict) -> dict:
+    path = model_path(body)
+    return redact_answer(_with_roots(connect()).post("/v1/preload", {"paths": [path]}))
+
+
+def evict(body: dict) -> dict:
+    if body.get("all") is True:
+        return redact_answer(connect().post("/v1/evict", {"all": True}))
+    if "key" in body:
+        key = body["key"]
+        if not isinstance(key, str) or not KEY_RE.match(key):
+            raise BadRequest("key must be a segment key from /hearth/status")
+        return redact_answer(connect().post("/v1/evict", {"key": key}))
+    return redact_answer(connect().post("/v1/evict", {"path": model_path(body)}))
+
+
+def pin(body: dict) -> dict:
+    path = model_path(body)
+    pinned = body.get("pinned", True)
+    if not isinstance(pinned, bool):
+        raise BadRequest("pinned must be true or false")
+    return redact_answer(_with_roots(connect()).post("/v1/pin", {"path": path, "pinned": pinned}))
+
+
+# ---- aiohttp handlers -----------------------------------------------------------------------------
+
+def _error(e: HearthError) -> web.Response:
+    return web.json_response(e.to_dict(), status=e.http_status)
+
+
+async def _answer(fn: Callable[..., dict], *args: Any) -> web.Response:
+    try:
+        doc = await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+    except HearthError as e:
+        return _error(e)
+    return web.json_response(doc, headers={"Cache-Control": "no-store"})
+
+
+def get(fn: Callable[[], dict]) -> Handler:
+    """A GET handler answering fn()'s document to pages of this ComfyUI only."""
+    async def handler(request: web.Request) -> web.Response:
+        try:
+            check_origin(request)
+        except HearthError as e:
+            return _error(e)
+        return await _answer(fn)
+    return handler
+
+
+def post(fn: Callable[[dict], dict]) -> Handler:
+    """A POST handler: fn(the JSON object body), for pages of this ComfyUI only."""
+    async def handler(request: web.Request) -> web.Response:
+        try:
+            check_origin(request)
+            check_json(request)
+            body = await json_object(request)
+        except HearthError as e:
+            return _error(e)
+        return await _answer(fn, body)
+    return handler

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -108,16 +109,38 @@ def _from_daemon(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str], di
     raise AssertionError("unreachable")
 
 
-def _plain(path: str) -> dict[str, torch.Tensor]:
+def _plain(path: str, device: str | int | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """The stock load: what ComfyUI or a script would have run without Hearth, errors included."""
     import torch
 
     if is_pickle(path):
         # Never unpickle arbitrary objects: weights_only restricts to tensors and plain containers.
-        sd = torch.load(path, map_location="cpu", weights_only=True)
+        sd = torch.load(path, map_location=device, weights_only=True)
         return sd.get("state_dict", sd) if isinstance(sd, dict) else sd
+    return _stock_load_file()(path, device=device)
+
+
+def _stock_load_file():
+    """safetensors.torch.load_file, unless someone replaced it (a one-line speedup patches it to Hearth):
+    then its own primitive, safe_open, read the way load_file reads it, so the fallback cannot recurse."""
     import safetensors.torch
 
-    return safetensors.torch.load_file(path)
+    fn = safetensors.torch.load_file
+    if getattr(fn, "__module__", None) == "safetensors.torch":
+        return fn
+
+    def load_file(path: str, device: str | int | torch.device = "cpu") -> dict[str, torch.Tensor]:
+        with safetensors.safe_open(path, framework="pt", device=device) as f:
+            return {k: f.get_tensor(k) for k in f.keys()}
+
+    return load_file
+
+
+def _one_line(e: BaseException) -> str:
+    """An exception as a fallback reason: torch's C++ errors carry a backtrace after the first line."""
+    text = str(e).strip()
+    first = text.splitlines()[0] if text else ""
+    return f"{type(e).__name__}: {first[:300]}"
 
 
 def absolute(path: str | os.PathLike) -> str:
@@ -130,8 +153,9 @@ def absolute(path: str | os.PathLike) -> str:
     return path if os.path.isabs(path) else os.path.join(os.getcwd(), path)
 
 
-def load(path: str | os.PathLike) -> Loaded:
-    """Load a checkpoint's tensors, from the daemon's segment when possible (CPU, copy-on-write views)."""
+def load(path: str | os.PathLike, stock_device: str | int | torch.device = "cpu") -> Loaded:
+    """Load a checkpoint's tensors: from the daemon's segment when possible (CPU, copy-on-write views),
+    else the stock way onto `stock_device`."""
     t0 = time.perf_counter()
     path = absolute(path)
     if os.environ.get("HEARTH_DISABLE"):
@@ -145,21 +169,27 @@ def load(path: str | os.PathLike) -> Loaded:
                           key=answer.get("key"), metadata=metadata or None)
         except HearthError as e:
             reason, code = e.message, e.code
-        except (OSError, TypeError, KeyError, ValueError) as e:
-            reason, code = f"{type(e).__name__}: {e}", type(e).__name__
+        except Exception as e:  # noqa: BLE001 - any failure of the cached path is a stock load, never an error
+            reason, code = _one_line(e), type(e).__name__
         _say_once(code, reason)
-    tensors = _plain(path)
+    tensors = _plain(path, stock_device)
     return Loaded(path, tensors, False, False, time.perf_counter() - t0, reason=reason)
 
 
-def load_state_dict(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """Return the file's tensors; never fails where a plain safetensors or weights-only load succeeds."""
-    import torch
-
-    sd = load(path).tensors
-    if torch.device(device).type != "cpu":
-        sd = {k: v.to(device) for k, v in sd.items()}
-    return sd
+def load_state_dict(path: str | os.PathLike, device: str | int = "cpu") -> dict[str, torch.Tensor]:
+    """A drop-in for `safetensors.torch.load_file`: the same arguments (a str or PathLike path; a device as
+    load_file takes it) and the same tensors. Where the stock load raises (a bad file, a device it refuses),
+    this raises the same exception, because the stock load is what then runs."""
+    cuda = isinstance(device, int) or (isinstance(device, str) and re.fullmatch(r"cuda(:\d+)?", device))
+    if device != "cpu" and not cuda:
+        return _plain(absolute(path), device)  # a device the stock load must judge (it refuses torch.device)
+    loaded = load(path, device)
+    if device == "cpu" or not loaded.cached:
+        return loaded.tensors
+    try:
+        return {k: v.to(f"cuda:{device}" if isinstance(device, int) else device) for k, v in loaded.tensors.items()}
+    except Exception:  # noqa: BLE001 - no CUDA, no such GPU: the stock load raises its own error for it
+        return _plain(loaded.path, device)
 
 
 def register_roots(roots: list[str]) -> None:

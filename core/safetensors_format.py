@@ -1,9 +1,11 @@
-"""Validation of safetensors headers, before the daemon publishes a segment and before a client maps one.
+"""The safetensors format: its dtypes, and the validation of headers before a segment is published or mapped.
 
 A safetensors file is: 8-byte little-endian header length N, N bytes of UTF-8 JSON, then the data area.
-Every check here names the field and the file, so a user knows which file is broken and how.
-`safetensors.safe_open` (the Rust reference) is run on top by the daemon; this module adds the checks it
-lacks (size limit, duplicate names, exact tiling, metadata types) and gives readable messages.
+Every header is held to two parsers. This module's own names the field and the file in every refusal (one
+line, hostile names shortened) and is stricter where safetensors is lenient: a size limit, duplicate names,
+exact tiling of the data area, string-to-string metadata, dimensions torch can hold. safetensors' own Rust
+parser (`safe_open`, the reference every stock loader uses) runs on top, so a file that a stock load refuses
+is never served from the cache: Hearth refuses it and the caller's fallback raises the stock error.
 """
 
 from __future__ import annotations
@@ -62,11 +64,30 @@ class Header:
         return self.tensors[-1].end if self.tensors else 0
 
 
+# torch sizes are int64: a larger dimension cannot be a tensor (a stock load fails on it too)
+MAX_DIM = (1 << 63) - 1
+
+
+def _show(value: object) -> str:
+    """A hostile name or value as it goes into a message: repr'd, on one line, at most 80 characters."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _is_unicode(text: str) -> bool:
+    """False for a string holding a lone surrogate (JSON's `\ud800` escape), which no UTF-8 reader accepts."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
     seen: dict = {}
     for k, v in pairs:
         if k in seen:
-            raise BadHeader(f"duplicate name {k!r} in header")
+            raise BadHeader(f"duplicate name {_show(k)} in header")
         seen[k] = v
     return seen
 
@@ -101,6 +122,9 @@ def parse_header(raw: bytes, file_size: int, name: str) -> Header:
     if not isinstance(metadata, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
         raise BadHeader(f"{name}: __metadata__ must be a map of strings to strings")
+    bad = next((x for kv in metadata.items() for x in kv if not _is_unicode(x)), None)
+    if bad is not None:
+        raise BadHeader(f"{name}: __metadata__ holds {_show(bad)}, not valid Unicode (a lone surrogate)")
 
     entries = [_entry(name, k, v) for k, v in doc.items()]
     entries.sort(key=lambda e: (e.begin, e.end))
@@ -109,7 +133,7 @@ def parse_header(raw: bytes, file_size: int, name: str) -> Header:
     for e in entries:
         if e.begin != pos:
             what = "overlaps the previous tensor" if e.begin < pos else f"leaves a hole at {pos}"
-            raise BadHeader(f"{name}: tensor {e.name!r} data_offsets [{e.begin}, {e.end}] {what}")
+            raise BadHeader(f"{name}: tensor {_show(e.name)} data_offsets [{e.begin}, {e.end}] {what}")
         pos = e.end
     if pos != data_size:
         raise BadHeader(f"{name}: tensors cover {pos} bytes but the data area holds {data_size}")
@@ -117,34 +141,51 @@ def parse_header(raw: bytes, file_size: int, name: str) -> Header:
 
 
 def _entry(fname: str, key: str, v: object) -> TensorEntry:
-    where = f"{fname}: tensor {key!r}"
+    where = f"{fname}: tensor {_show(key)}"
+    if not _is_unicode(key):
+        raise BadHeader(f"{where}: the name is not valid Unicode (a lone surrogate)")
     if not isinstance(v, dict) or set(v) != {"dtype", "shape", "data_offsets"}:
-        raise BadHeader(f"{where} must be {{dtype, shape, data_offsets}}, got {str(v)[:80]}")
+        raise BadHeader(f"{where} must be {{dtype, shape, data_offsets}}, got {_show(v)}")
     dtype, shape, offs = v["dtype"], v["shape"], v["data_offsets"]
     if not isinstance(dtype, str) or dtype not in DTYPES:  # a list or object is not even hashable
-        raise BadHeader(f"{where}: unknown dtype {dtype!r}")
-    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-        raise BadHeader(f"{where}: shape must be a list of integers >= 0, got {shape!r}")
+        raise BadHeader(f"{where}: unknown dtype {_show(dtype)}")
+    if not isinstance(shape, list) or not all(type(d) is int and 0 <= d <= MAX_DIM for d in shape):
+        raise BadHeader(f"{where}: shape must be a list of integers from 0 to 2^63-1, got {_show(shape)}")
     if (not isinstance(offs, list) or len(offs) != 2 or not all(type(o) is int for o in offs)
             or not 0 <= offs[0] <= offs[1]):
-        raise BadHeader(f"{where}: data_offsets must be [begin, end] with 0 <= begin <= end, got {offs!r}")
+        raise BadHeader(f"{where}: data_offsets must be [begin, end] with 0 <= begin <= end, got {_show(offs)}")
     nbytes = DTYPES[dtype].size
     for d in shape:  # Python ints do not overflow, but a hostile shape must not make us build huge numbers
         nbytes *= d
         if nbytes > 1 << 62:
-            raise BadHeader(f"{where}: shape {shape} is impossibly large")
+            raise BadHeader(f"{where}: shape {_show(shape)} is impossibly large")
     if offs[1] - offs[0] != nbytes:
         raise BadHeader(f"{where}: data_offsets span {offs[1] - offs[0]} bytes but dtype {dtype} "
-                        f"and shape {shape} need {nbytes}")
+                        f"and shape {_show(shape)} need {nbytes}")
     return TensorEntry(key, dtype, tuple(shape), offs[0], offs[1])
 
 
 def read_header(fd: int, name: str) -> Header:
-    """Read and validate the header of an open file (descriptor position is not used)."""
+    """Read and validate the header of an open file by both parsers (descriptor position is not used)."""
     size = os.fstat(fd).st_size
     head = os.pread(fd, 8, 0)
     if len(head) == 8:
         (n,) = struct.unpack("<Q", head)
         if 2 <= n <= MAX_HEADER and 8 + n <= size:
             head += os.pread(fd, n, 8)
-    return parse_header(head, size, name)
+    header = parse_header(head, size, name)
+    _reference_check(fd, name)
+    return header
+
+
+def _reference_check(fd: int, name: str) -> None:
+    """Refuse what safetensors' own parser refuses (imported here: the daemon needs no torch for it)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        # framework numpy: only the header is parsed; no tensor is made, so neither numpy nor torch loads
+        with safe_open(f"/proc/self/fd/{fd}", framework="numpy"):
+            pass
+    except SafetensorError as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise BadHeader(f"{name}: safetensors refuses it: {reason[:200]}") from None

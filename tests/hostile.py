@@ -82,4 +82,15 @@ CASES = [
     ("metadata_string", file({"__metadata__": "x"}), ["__metadata__"], True),
     ("metadata_empty_string", file({"__metadata__": ""}), ["__metadata__"], True),
     ("metadata_nested", file({"__metadata__": {"a": {"b": "c"}}}), ["__metadata__"], True),
+    # JSON's \ud800 escape decodes (in Python) to a lone surrogate, which no UTF-8 reader accepts
+    ("surrogate_in_name", file('{"a\\ud800": %s}' % json.dumps(t()), bytes(8)), ["not valid Unicode"], True),
+    ("surrogate_in_metadata_value", file('{"__metadata__": {"k": "\\udc00"}}'), ["__metadata__", "Unicode"],
+     True),
+    ("surrogate_in_metadata_key", file('{"__metadata__": {"\\ud83d": "v"}}'), ["__metadata__", "Unicode"],
+     True),
+    # dimensions torch cannot hold (int64): safetensors' parser takes the first, its get_tensor fails on it
+    ("dim_over_int64", file({"a": t(shape=(0, 2**63), offs=(0, 0))}), ["shape", "2^63-1"], True),
+    ("dim_over_usize", file({"a": t(shape=(0, 2**64 + 1), offs=(0, 0))}), ["shape", "2^63-1"], True),
+    ("offsets_over_usize", file({"a": t(offs=(2**64, 2**64 + 8))}, bytes(8)), ["data_offsets"], True),
+    ("long_hostile_name", file({"x" * 100_000: t(shape=(3,))}, bytes(8)), ["data_offsets", "..."], True),
 ]

@@ -3,7 +3,7 @@
 What it holds: finding a checkout that can start in this Python (checkout), the import-only torchvision and
 torchaudio stand-ins its processes get (standins/), random-weight SD1.5 checkpoints and LoRAs built from
 ComfyUI's own classes (models), a headless ComfyUI server driven over HTTP and its websocket (server), a
-private Hearth daemon (daemon), and the API-format graphs with their stock twins (graphs).
+private Hearth daemon (daemon), and the API-format graphs with their stock twins (graphs/).
 
 Why a package of its own: the tests (tests/comfy) and the benchmarks (bench/) both run ComfyUI the same way,
 and neither should import the other. It is a development tool, not part of the pack: it is not in
@@ -12,3 +12,7 @@ package from the repository root (`python -m pytest tests`, `python -m bench.x` 
 
 It imports nothing of ComfyUI: ComfyUI runs in child processes with the environment built here.
 """
+
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]  # the pack: what a ComfyUI gets as custom_nodes/comfyui-hearth

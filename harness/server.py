@@ -21,10 +21,9 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import process
+from . import REPO, process
 from .checkout import comfy_env
 
-REPO = Path(__file__).resolve().parents[1]
 PACK_NAME = "comfyui-hearth"
 
 

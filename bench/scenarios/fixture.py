@@ -173,7 +173,6 @@ def loader_graph(side: str) -> dict:
 
 
 def txt2img_graph(side: str, loras: list[graphs.Lora] | None = None, prefix: str = "scenario") -> dict:
-    """The pack's workflow (the LoRA-stack one when `loras` is a list), 64x64, 1 step; stock twin for stock."""
-    name = "hearth_txt2img_api" if loras is None else "hearth_lora_stack_api"
-    g = graphs.configure(graphs.load(name), CKPT, loras, size=64, steps=1, prefix=prefix)
+    """The pack's txt2img graph (the LoRA-stack one when `loras` is a list), 64x64, 1 step; stock twin for stock."""
+    g = graphs.txt2img(CKPT, loras, size=64, steps=1, prefix=prefix)
     return graphs.to_stock(g) if side == STOCK else g

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import io
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the harness lives at the repository's root
-from harness import graphs  # noqa: E402
-from harness.server import ComfyServer, Run  # noqa: E402
+from harness import graphs
+from harness.server import ComfyServer, Run
 
 CKPT = "tiny-sd15.safetensors"
 LORA_A, LORA_B = "lora_a.safetensors", "lora_b.safetensors"
@@ -40,9 +38,8 @@ def pixels(run: Run):
 
 
 def hearth_graph(loras: list[graphs.Lora] | None = None, seed: int = 42) -> dict:
-    """The pack's API workflow (the LoRA stack one when `loras` is given) set up for the tiny model."""
-    name = "hearth_txt2img_api" if loras is None else "hearth_lora_stack_api"
-    return graphs.configure(graphs.load(name), CKPT, loras, seed=seed)
+    """The pack's txt2img graph (the LoRA stack one when `loras` is given) set up for the tiny model."""
+    return graphs.txt2img(CKPT, loras, seed=seed)
 
 
 def loads(run: Run) -> list[dict]:

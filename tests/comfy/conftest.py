@@ -13,12 +13,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from .comfy_support import CKPT, LORA_A, LORA_B, Models, StockRenders, start_comfy
 
 from harness.checkout import find_comfyui
 from harness.daemon import Daemon
 from harness.models import build_checkpoint, build_lora
 from harness.server import ComfyServer, write_extra_model_paths
+
+from .comfy_support import CKPT, LORA_A, LORA_B, Models, StockRenders, start_comfy
 
 
 @pytest.fixture(scope="session")

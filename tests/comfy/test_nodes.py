@@ -7,11 +7,11 @@ import os
 import time
 
 import numpy as np
-import pytest
-from .comfy_support import CKPT, LORA_A, LORA_B, hearth_graph, loads, pixels, start_comfy
 
 from harness import graphs
 from harness.daemon import sha256
+
+from .comfy_support import CKPT, LORA_A, LORA_B, hearth_graph, loads, pixels, start_comfy
 
 STACK = [(LORA_A, 1.0, 1.0), (LORA_B, 0.5, 0.7)]
 
@@ -131,20 +131,3 @@ def test_daemon_down_loads_the_stock_way_and_says_why_once(comfy_checkout, model
         assert reason and server.log().count(reason) == 1, server.log()
     finally:
         server.stop()
-
-
-@pytest.mark.parametrize("name", ["hearth_txt2img", "hearth_lora_stack"])
-def test_ui_workflows_hold_the_widget_values_of_the_api_workflows(comfy, name):
-    info = comfy.get("/object_info")
-    ui, api = graphs.load(name), graphs.load(f"{name}_api")
-    for node in ui["nodes"]:
-        spec = info[node["type"]]["input"]
-        widgets = [(k, rest[0] if rest else {}) for section in ("required", "optional")
-                   for k, (kind, *rest) in spec.get(section, {}).items()
-                   if isinstance(kind, list) or kind in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")]
-        values = iter(node["widgets_values"])
-        for key, opts in widgets:
-            assert next(values) == api[str(node["id"])]["inputs"][key], (node["type"], key)
-            if opts.get("control_after_generate"):
-                next(values)  # the frontend's "fixed"/"randomize" companion of a seed
-        assert next(values, None) is None, f"{node['type']} has more widget values than inputs"

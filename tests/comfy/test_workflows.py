@@ -1,31 +1,53 @@
-"""The example workflows as files (no ComfyUI needed): valid graphs that use the pack's nodes, and the
-stock twins the image comparisons run against."""
+"""The pack's example workflows: example_workflows/*.json are UI graphs of the pack's nodes that ComfyUI's
+templates browser lists, and each has its API-format twin in harness/graphs/ that says the same and runs.
+
+The file checks need no ComfyUI; the others use the session's ComfyUI (skipped, with the reason, without one).
+"""
 
 from __future__ import annotations
 
-from . import comfy_support  # noqa: F401  (puts the repository's bench/ on sys.path)
+import json
+import urllib.request
+
 import pytest
 
-from harness import graphs
+from harness import REPO, graphs
+from harness.server import PACK_NAME
 
-NAMES = ["hearth_txt2img", "hearth_lora_stack"]
+from .comfy_support import CKPT, loads, pixels
+
+EXAMPLES = REPO / "example_workflows"
+NAMES = sorted(p.stem for p in EXAMPLES.glob("*.json"))
+
+
+def example(name: str) -> dict:
+    return json.loads((EXAMPLES / f"{name}.json").read_text())
+
+
+def test_every_example_has_its_api_twin_and_no_api_graph_is_offered_as_an_example():
+    assert NAMES, f"no example workflow in {EXAMPLES}"
+    api = sorted(p.stem for p in graphs.HERE.glob("*.json"))
+    assert api == [f"{name}_api" for name in NAMES]
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_ui_workflow_is_a_linked_graph_of_known_nodes(name):
-    ui = graphs.load(name)
+def test_example_is_a_linked_ui_graph_of_the_packs_nodes(name):
+    ui = example(name)
+    assert {"last_node_id", "last_link_id", "nodes", "links", "version"} <= ui.keys()
     nodes = {n["id"]: n for n in ui["nodes"]}
-    assert "HearthCheckpointLoader" in {n["type"] for n in nodes.values()}
+    assert len(nodes) == len(ui["nodes"]), "two nodes share an id"
+    assert any(n["type"].startswith("Hearth") for n in nodes.values())
     for link_id, src, src_slot, dst, dst_slot, kind in ui["links"]:
         assert link_id in nodes[src]["outputs"][src_slot]["links"]
         assert nodes[dst]["inputs"][dst_slot]["link"] == link_id
-        assert nodes[src]["outputs"][src_slot]["type"] == kind == nodes[dst]["inputs"][dst_slot]["type"]
-    assert ui["last_node_id"] == max(nodes) and ui["last_link_id"] == len(ui["links"])
+        assert nodes[src]["outputs"][src_slot]["type"] == kind
+        assert nodes[dst]["inputs"][dst_slot]["type"] in (kind, "*")  # "*": an input taking any type (PreviewAny)
+    assert ui["last_node_id"] == max(nodes) and ui["last_link_id"] == max(link[0] for link in ui["links"])
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_api_workflow_matches_its_ui_twin(name):
-    ui, api = graphs.load(name), graphs.load(f"{name}_api")
+def test_api_twin_has_the_examples_nodes_and_links(name):
+    ui, api = example(name), graphs.load(f"{name}_api")
     assert {str(n["id"]): n["type"] for n in ui["nodes"]} == {k: n["class_type"] for k, n in api.items()}
     input_of_link = {i["link"]: i["name"] for n in ui["nodes"] for i in n["inputs"]}
     for link_id, src, src_slot, dst, _, _ in ui["links"]:
@@ -33,8 +55,7 @@ def test_api_workflow_matches_its_ui_twin(name):
 
 
 def test_stock_twin_chains_one_loraloader_per_used_slot():
-    g = graphs.configure(graphs.load("hearth_lora_stack_api"), "m.safetensors",
-                         [("a.safetensors", 1.0, 0.5), ("b.safetensors", 0.25, 0.0)])
+    g = graphs.txt2img("m.safetensors", [("a.safetensors", 1.0, 0.5), ("b.safetensors", 0.25, 0.0)])
     stock = graphs.to_stock(g)
     assert stock["1"]["class_type"] == "CheckpointLoaderSimple"
     assert "8" not in stock
@@ -46,6 +67,49 @@ def test_stock_twin_chains_one_loraloader_per_used_slot():
 
 
 def test_stock_twin_of_an_empty_stack_wires_the_loader_straight_through():
-    stock = graphs.to_stock(graphs.configure(graphs.load("hearth_lora_stack_api"), "m.safetensors", []))
+    stock = graphs.to_stock(graphs.txt2img("m.safetensors", []))
     assert not any(n["class_type"] == "LoraLoader" for n in stock.values())
     assert stock["5"]["inputs"]["model"] == ["1", 0] and stock["2"]["inputs"]["clip"] == ["1", 1]
+
+
+def test_comfyui_lists_and_serves_the_examples_as_the_packs_templates(comfy):
+    assert sorted(comfy.get("/workflow_templates")[PACK_NAME]) == NAMES  # no `_api` graph among them
+    for name in NAMES:
+        with urllib.request.urlopen(f"{comfy.url}/api/workflow_templates/{PACK_NAME}/{name}.json", timeout=30) as r:
+            assert json.loads(r.read()) == example(name)
+
+
+def test_examples_use_nodes_comfyui_knows_and_show_every_node_of_the_pack(comfy):
+    info = comfy.get("/object_info")
+    pack = {t for t, spec in info.items() if spec["python_module"] == f"custom_nodes.{PACK_NAME}"}
+    used = {n["type"] for name in NAMES for n in example(name)["nodes"]}
+    assert used <= info.keys(), used - info.keys()
+    assert pack and pack <= used, f"no example shows {pack - used}"
+    for name in NAMES:
+        assert {n["type"] for n in example(name)["nodes"]} & pack, f"{name} uses none of the pack's nodes"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_example_holds_the_widget_values_of_its_api_twin(comfy, name):
+    info = comfy.get("/object_info")
+    ui, api = example(name), graphs.load(f"{name}_api")
+    for node in ui["nodes"]:
+        spec = info[node["type"]]["input"]
+        widgets = [(k, rest[0] if rest else {}) for section in ("required", "optional")
+                   for k, (kind, *rest) in spec.get(section, {}).items()
+                   if isinstance(kind, list) or kind in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")]
+        values = iter(node["widgets_values"])
+        for key, opts in widgets:
+            assert next(values) == api[str(node["id"])]["inputs"][key], (node["type"], key)
+            if opts.get("control_after_generate"):
+                next(values)  # the frontend's "fixed"/"randomize" companion of a seed
+        assert next(values, None) is None, f"{node['type']} has more widget values than inputs"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_api_twin_runs_with_the_packs_nodes_and_saves_an_image(comfy, name):
+    run = comfy.run(graphs.configure(graphs.load(f"{name}_api"), CKPT, seed=7))  # a seed no other test uses
+    assert pixels(run).std() > 1, "a flat image would prove nothing"
+    # The loader may come from ComfyUI's cache (an earlier test loaded the same checkpoint); what loads runs
+    # through the daemon, not the stock fallback.
+    assert all(e["status"] in ("hit", "miss") for e in loads(run)), loads(run)

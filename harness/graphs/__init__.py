@@ -1,4 +1,10 @@
-"""The pack's API-format workflows, set up for a run, and their stock twins (CheckpointLoaderSimple + LoraLoader)."""
+"""The API-format graphs of the tests and benchmarks, set up for a run, and their stock twins.
+
+Each <name>_api.json in this folder is what POST /prompt takes for the UI graph example_workflows/<name>.json
+(ComfyUI's templates browser lists those; a UI graph cannot be queued as it is): the same node ids, links and
+widget values, which tests/comfy/test_workflows.py checks. The stock twin swaps the pack's nodes for
+CheckpointLoaderSimple and a chain of LoraLoaders, so a run can be compared with stock ComfyUI's.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +12,22 @@ import copy
 import json
 from pathlib import Path
 
-WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
-LORA_SLOTS = 4  # nodes/lora.py SLOTS; the workflows carry all of them
+HERE = Path(__file__).resolve().parent
+LORA_SLOTS = 4  # nodes/lora.py SLOTS; the graphs carry all of them
 
 Lora = tuple[str, float, float]  # name, strength_model, strength_clip
 
 
 def load(name: str) -> dict:
-    """workflows/<name>.json (e.g. "hearth_txt2img_api")."""
-    return json.loads((WORKFLOWS / f"{name}.json").read_text())
+    """harness/graphs/<name>.json (e.g. "hearth_txt2img_api")."""
+    return json.loads((HERE / f"{name}.json").read_text())
+
+
+def txt2img(ckpt: str, loras: list[Lora] | None = None, **settings: int | str) -> dict:
+    """The txt2img graph, or the LoRA-stack one when `loras` is a list (empty: the swapper with no LoRA),
+    set up by configure() with `settings` (size, steps, seed, prefix)."""
+    name = "hearth_txt2img_api" if loras is None else "hearth_lora_stack_api"
+    return configure(load(name), ckpt, loras, **settings)
 
 
 def _nodes(graph: dict, class_type: str) -> list[dict]:

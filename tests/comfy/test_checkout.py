@@ -1,4 +1,4 @@
-"""Finding the ComfyUI that the real-ComfyUI tests and benchmarks drive (harness/checkout.py)."""
+"""Finding the ComfyUI that the real-ComfyUI tests and benchmarks drive (harness/checkout.py); no ComfyUI needed."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """The daemon's HTTP face: /v1 JSON routes and the events websocket over the one Service.
 
 Loopback only; every request but /v1/health and the panel's static files carries the per-user token;
-requests for another Host are refused (DNS rebinding); bodies over 1 MB are refused.
+requests for another Host are refused (DNS rebinding), and so are requests a page of another origin makes
+(its Origin header is not the daemon's own); bodies over 1 MB are refused. SECURITY.md says why each door.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from ..core.errors import BadRequest, HearthError, NotFound, Unauthorized
+from ..core.errors import BadRequest, HearthError, NotAllowed, NotFound, Unauthorized
 from ..core.request_body import json_object
 from ..core.version import PROTOCOL, __version__
 from .service import Service
@@ -39,6 +40,13 @@ async def guard(request: web.Request, handler):
     port = request.transport.get_extra_info("sockname")[1] if request.transport else None
     if request.host not in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"):
         return _error(Unauthorized(f"requests must address the daemon by loopback, not {request.host!r}"))
+    # Browsers send Origin with every websocket handshake, every POST and every cross-origin fetch. Only the
+    # daemon's own panel (same scheme, host and port as the Host checked above) may use or read the daemon:
+    # a websocket is not held to CORS, so without this a page that learnt the token could watch the cache.
+    origin = request.headers.get("Origin")
+    if origin is not None and origin.lower() != f"http://{request.host}".lower():
+        return _error(NotAllowed(f"refused a request of the page at {origin[:100]!r}: the daemon answers only "
+                                 f"its own panel (http://{request.host}/)"))
     public = request.path in PUBLIC or request.path.startswith("/panel/")
     if not public:
         if request.path == "/v1/events":

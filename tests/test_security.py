@@ -1,0 +1,157 @@
+"""Every door of SECURITY.md, tried against a real daemon: Origin (with a real browser on another origin),
+names and segments planted in the tmpfs by another user, the modes of every file Hearth makes.
+
+Doors tried elsewhere and not repeated here: the token missing, wrong or in the query
+(test_daemon_api.test_every_route_but_health_needs_the_token, test_token_in_query_only_counts_for_the_websocket,
+test_websocket_needs_the_token_and_streams_events), the Host header (test_wrong_host_is_refused), the body
+size (test_body_over_1mb_is_refused), a token file others can read (test_token_readable_by_others_refuses_to_start),
+loopback-only listening (test_start_announces_itself_with_private_state), symlink and rename races
+(test_paths.test_directory_swapped_for_a_symlink_never_serves_the_file_outside,
+test_file_renamed_over_after_resolution_is_never_served_as_the_old_one), paths out of the allowed folders
+(test_daemon_api.test_only_model_files_under_allowed_roots), a segment chowned to another user after its fill
+(test_store.test_client_refuses_a_segment_owned_by_another_user) and at restart
+(test_store.test_restart_leaves_other_users_files_alone), and the pack's /hearth/ routes in ComfyUI
+(tests/comfy/test_panel_routes.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.server
+import os
+import re
+import shutil
+import stat
+import subprocess
+import threading
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from conftest import UID, assert_same_tensors, make_model, reference
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+NOBODY = 65534  # another user, for files "planted" by someone else (the tests run as root and chown)
+
+
+def _refused(answer, status: int, code: str) -> str:
+    got, doc = answer
+    assert got == status and doc["error"]["code"] == code, answer
+    return doc["error"]["message"]
+
+
+# ---- Origin -----------------------------------------------------------------------------------------
+
+def _with_origin(d, method: str, path: str, origin: str, body=None, token="default"):
+    import http.client
+    import json
+
+    conn = http.client.HTTPConnection("127.0.0.1", d.port, timeout=10)
+    headers = {"Origin": origin, "Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {d.token if token == 'default' else token}"
+    try:
+        conn.request(method, path, body=None if body is None else json.dumps(body), headers=headers)
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read() or b"{}")
+    finally:
+        conn.close()
+
+
+FOREIGN = ["http://evil.example", "http://127.0.0.1:1", "https://127.0.0.1:{port}", "http://localhost:{port}",
+           "http://[::1]:{port}", "null", "http://127.0.0.1:{port}.evil.example", "file://", ""]
+
+
+@pytest.mark.parametrize("origin", FOREIGN)
+def test_a_page_of_another_origin_can_neither_use_nor_read_the_daemon(shared_daemon, origin):
+    """With the right token and Host, a request carrying another origin is refused: the API, the public
+    health route and the panel alike (Host 127.0.0.1: a page at localhost:PORT is another origin too)."""
+    d = shared_daemon
+    origin = origin.format(port=d.port)
+    for method, path, body in [("GET", "/v1/status", None), ("POST", "/v1/evict", {"all": True}),
+                               ("GET", "/v1/health", None), ("GET", "/", None), ("OPTIONS", "/v1/status", None)]:
+        msg = _refused(_with_origin(d, method, path, origin, body), 403, "not_allowed")
+        assert "its own panel" in msg, msg
+
+
+def test_the_daemons_own_origin_is_served(shared_daemon):
+    d = shared_daemon
+    own = f"http://127.0.0.1:{d.port}"
+    assert _with_origin(d, "GET", "/v1/status", own)[0] == 200
+    assert _with_origin(d, "POST", "/v1/config", own.upper(), {})[0] == 200  # scheme and host are caseless
+    # the own origin does not stand in for the token
+    _refused(_with_origin(d, "GET", "/v1/status", own, token=None), 401, "unauthorized")
+
+
+def test_websocket_of_another_origin_is_refused_even_with_the_token(shared_daemon):
+    """Websockets are not held to CORS: a page that learnt the token could otherwise watch every load."""
+    d = shared_daemon
+    url = f"http://127.0.0.1:{d.port}/v1/events?token={d.token}"
+
+    async def run():
+        async with aiohttp.ClientSession() as s:
+            with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+                await s.ws_connect(url, headers={"Origin": "http://evil.example"})
+            assert info.value.status == 403
+            ws = await s.ws_connect(url, headers={"Origin": f"http://127.0.0.1:{d.port}"})
+            assert (await ws.receive_json(timeout=5))["type"] == "status"
+            await ws.close()
+
+    asyncio.run(run())
+
+
+ATTACK_PAGE = """<!doctype html><html><body><pre id="out">running</pre><script>
+const out = [];
+const done = () => { document.getElementById("out").textContent = "RESULT " + out.join(" "); };
+const ws = new WebSocket("ws://127.0.0.1:%(port)d/v1/events?token=%(token)s");
+ws.onmessage = () => { out.push("ws:read"); ws.close(); };
+ws.onerror = () => out.push("ws:refused");
+ws.onclose = () => {
+  fetch("http://127.0.0.1:%(port)d/v1/evict", {method: "POST", mode: "no-cors",
+        headers: {"Content-Type": "text/plain"}, body: JSON.stringify({all: true})})
+    .then(() => out.push("post:sent"), () => out.push("post:failed"))
+    .then(() => fetch("http://127.0.0.1:%(port)d/v1/health"))
+    .then(r => r.text().then(t => out.push("health:read")), () => out.push("health:unreadable"))
+    .then(done);
+};
+</script></body></html>"""
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (apt-get install chromium)")
+def test_a_real_browser_page_on_another_origin_gets_nothing(daemon, tmp_path):
+    """A page served from another port of this machine, which even knows the token, opens the events
+    websocket, posts an evict all (a simple request: no preflight) and reads the health route, in headless
+    Chromium. The websocket is refused, the daemon evicts nothing, the health answer stays unreadable."""
+    from test_panel import render
+
+    d = daemon
+    model = make_model(d.models / "kept.safetensors")
+    d.acquire(model)
+    page = ATTACK_PAGE % {"port": d.port, "token": d.token}
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the stdlib's name
+            body = page.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        dom = render(f"http://127.0.0.1:{server.server_address[1]}/", tmp_path / "profile", budget_ms=5000)
+    finally:
+        server.shutdown()
+    result = re.search(r'<pre id="out">RESULT ([^<]*)</pre>', dom)
+    assert result, dom[-2000:]
+    said = result.group(1).split()
+    assert "ws:refused" in said and "ws:read" not in said, said
+    assert "health:unreadable" in said, said
+    assert [s["path"] for s in d.status()["segments"]] == [str(model)]  # the evict all did nothing
+    assert d.status()["stats"]["evictions"] == 0

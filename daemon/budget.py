@@ -1,23 +1,21 @@
-"""The RAM budget: how much the segments may take, and which unheld segments to evict to make room."""
+"""The RAM budget and eviction: how much the segments may take, and which unheld ones go to make room.
+
+Eviction takes the least recently used segments that are ready, unpinned and unheld. Loop thread only: a
+fill makes its room and registers its entry in one step on the loop (no await between), so two fills can
+never both count on the same free bytes. (room.py then keeps the tmpfs's pages promised to each fill.)
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Protocol
 
 import psutil
 
-from ..core.home import shm_space
-
-from ..core.sizes import parse_size
-
-
-class Evictable(Protocol):
-    size: int
-    last_use: float
-
-    @property
-    def evictable(self) -> bool: ...
+from ..core.errors import OverBudget, ShmFull
+from ..core.home import shm_dir, shm_space
+from ..core.sizes import format_size, parse_size
+from .entries import Entries, Entry
+from .segments import SourceId
 
 
 def shm_total() -> int:
@@ -46,7 +44,7 @@ def resolve_budget(setting: str | int | None) -> int:
     return parse_size(setting, total=psutil.virtual_memory().total)
 
 
-def choose_victims(entries: Iterable[Evictable], used: int, need: int, budget: int) -> list | None:
+def choose_victims(entries: Iterable[Entry], used: int, need: int, budget: int) -> list[Entry] | None:
     """Least recently used evictable entries whose removal makes `need` fit; None if nothing can."""
     if used + need <= budget:
         return []
@@ -57,3 +55,40 @@ def choose_victims(entries: Iterable[Evictable], used: int, need: int, budget: i
         if used - freed + need <= budget:
             return victims
     return None
+
+
+def make_room(entries: Entries, source: SourceId, budget: int, stats: dict[str, int]) -> None:
+    """Evict what `source` needs, within the budget and in the tmpfs; OverBudget or ShmFull if it cannot.
+
+    Counts the evictions in `stats` (also those done before a ShmFull: they happened).
+    """
+    need = source.size
+    if need > budget:
+        raise OverBudget(f"{source.path} needs {format_size(need)} but the budget is "
+                         f"{format_size(budget)}; raise it with `hearth config budget SIZE`")
+    used = entries.used()
+    victims = choose_victims(entries.values(), used, need, budget)
+    if victims is None:
+        raise OverBudget(f"{source.path} needs {format_size(need)}; {format_size(used)} of the "
+                         f"{format_size(budget)} budget is held or pinned")
+    # The tmpfs is shared with the rest of the machine (and a budget may exceed it): when its free space
+    # is short, unheld segments make room there too, least recently used first, before refusing.
+    room = used + shm_free()
+    if room < budget:
+        victims = choose_victims(entries.values(), used, need, room)
+        if victims is None:
+            raise ShmFull(f"{shm_dir()} has {format_size(shm_free())} free, {source.path} needs "
+                          f"{format_size(need)}, and the cached models there are held or pinned; "
+                          f"enlarge it (Docker: --shm-size) or lower the budget")
+    for v in victims:
+        entries.drop(v, "evicted (LRU)")
+        stats["evictions"] += 1
+    if shm_free() < need:
+        raise ShmFull(f"{shm_dir()} has {format_size(shm_free())} free, {source.path} needs "
+                      f"{format_size(need)}; enlarge it (Docker: --shm-size) or lower the budget")
+
+
+def shrink_to_budget(entries: Entries, budget: int) -> None:
+    """After the budget is lowered: evict unheld segments, least recently used first, until it holds."""
+    for v in choose_victims(entries.values(), entries.used(), 0, budget) or []:
+        entries.drop(v, "evicted (budget lowered)")

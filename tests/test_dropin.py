@@ -91,7 +91,8 @@ def test_cpu_devices_like_load_file(shared_daemon, in_process_env, device):
     _same_outcome(ours, _outcome(STOCK_LOAD_FILE, path, device=device))
 
 
-@pytest.mark.parametrize("device", ["cuda", "cuda:0", 0, torch.device("cuda", 0), "nonsense", "cuda:999"], ids=str)
+@pytest.mark.parametrize("device", ["cuda", "cuda:0", 0, torch.device("cuda", 0), "meta", "nonsense", "cuda:999"],
+                         ids=str)
 def test_other_devices_like_load_file(shared_daemon, in_process_env, device):
     """Without CUDA every one of these fails; with it the tensors land on the GPU. Either way, as stock."""
     path = make_model(shared_daemon.models / "dev.safetensors")

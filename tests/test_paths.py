@@ -39,7 +39,7 @@ def test_relative_path_is_the_callers_not_the_daemons(make_daemon, tmp_path):
             r = load(given)
             want = safetensors.torch.load_file(str(given))
             say(cached=r.cached, same=same(r.tensors, want), path=r.path)
-        sd = load_state_dict(pathlib.Path("m/w.safetensors"), device=torch.device("cpu"))
+        sd = load_state_dict(pathlib.Path("m/w.safetensors"), device="cpu")
         say(state_dict_same=same(sd, safetensors.torch.load_file("m/w.safetensors")))
     """)
     assert code == 0, err

@@ -3,32 +3,41 @@
 One ComfyUI of its own (its HEARTH_HOME is this module's), and a daemon that the tests stop and start: the
 routes must answer with the daemon down, pick it up when it comes back, and relay its events throughout.
 The daemon allows no model folder of its own: preloading by name works only because the routes register
-ComfyUI's folders, as the nodes do.
+ComfyUI's folders, as the nodes do. The pack is installed twice in that ComfyUI (two folders of custom_nodes/,
+two module names): its routes and its relay must still be there once.
+
+The browser's doors: requests are sent as a browser would send them for a page of another origin (Origin,
+Sec-Fetch-Site, a text/plain or form body), to a Host of the LAN (ComfyUI's own Origin check covers only a
+loopback Host, so there the refusal must be Hearth's) and to the loopback one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
+import re
 import shutil
-import sys
 import threading
 import time
-import urllib.error
 import urllib.request
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the harness lives at the repository's root
-from harness.checkout import find_comfyui  # noqa: E402
-from harness.daemon import Daemon  # noqa: E402
-from harness.server import PACK_NAME, ComfyServer, write_extra_model_paths  # noqa: E402
+from harness import REPO
+from harness.checkout import find_comfyui
+from harness.daemon import Daemon
+from harness.server import PACK_NAME, ComfyServer, write_extra_model_paths
 
 CKPT, LORA = "panel-ckpt.safetensors", "panel-lora.safetensors"
+TWIN = "comfyui-hearth-twin"  # a second folder of the pack, as a user with a clone and a registry copy has
+LAN_IP = "192.0.2.10"  # TEST-NET-1: the Host a machine of the LAN, or the user's own browser there, addresses
+EVIL = "http://evil.example"
 
 
 class Events:
@@ -75,6 +84,17 @@ class Events:
         self._thread.join(5)
 
 
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]  # names in lower case
+    raw: bytes
+
+    @property
+    def doc(self) -> dict:
+        return json.loads(self.raw) if self.raw else {}  # ComfyUI's own refusals have no body
+
+
 class Panel:
     """The module's ComfyUI, its daemon (started and stopped by the tests) and the model files."""
 
@@ -92,15 +112,27 @@ class Panel:
     def get(self, path: str) -> tuple[int, dict]:
         return self.call("GET", path)
 
-    def call(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
-        req = urllib.request.Request(self.server.url + path, method=method,
-                                     data=None if body is None else json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
+    def call(self, method: str, path: str, body: dict | None = None,
+             headers: dict[str, str] | None = None) -> tuple[int, dict]:
+        reply = self.request(method, path, body, headers)
+        return reply.status, reply.doc
+
+    def request(self, method: str, path: str, body: dict | None = None,
+                headers: dict[str, str] | None = None) -> Reply:
+        """`body` as JSON, sent as application/json unless `headers` say otherwise (and give Host, Origin...)."""
+        data = None if body is None else json.dumps(body).encode()
+        sent = {"Content-Type": "application/json"} if data is not None else {}
+        sent.update(headers or {})
+        conn = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=30)
         try:
-            with urllib.request.urlopen(req, timeout=30) as r:
-                return r.status, json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read() or b"{}")
+            conn.request(method, path, data, sent)  # a Host among `headers` replaces http.client's
+            r = conn.getresponse()
+            return Reply(r.status, {k.lower(): v for k, v in r.getheaders()}, r.read())
+        finally:
+            conn.close()
+
+    def lan_host(self) -> str:
+        return f"{LAN_IP}:{self.server.port}"
 
     def segment(self, name: str) -> dict | None:
         status, doc = self.get("/hearth/status")
@@ -142,6 +174,8 @@ def panel(tmp_path_factory: pytest.TempPathFactory):
     nowhere.mkdir()
     daemon = Daemon(root / "home", [nowhere], shm_dir=shm)
     (root / "home").mkdir(mode=0o700)
+    (root / "comfy" / "custom_nodes").mkdir(parents=True)
+    (root / "comfy" / "custom_nodes" / TWIN).symlink_to(REPO, target_is_directory=True)
     server = ComfyServer(checkout, root / "comfy", write_extra_model_paths(root / "extra.yaml", models),
                          {"HEARTH_HOME": str(daemon.home), "HEARTH_DISABLE": None})
     try:
@@ -247,3 +281,124 @@ def test_relay_tells_the_browser_when_the_daemon_goes_and_comes_back(panel):
         assert "roots" not in back and all("path" not in s for s in back["segments"])
     finally:
         events.close()
+
+
+def test_the_pack_imported_twice_has_its_routes_and_relay_once(panel):
+    log = panel.server.log()
+    imported = re.findall(r"seconds( \(IMPORT FAILED\))?: \S*/custom_nodes/(\S+)$", log, re.MULTILINE)
+    assert sorted(imported) == [("", PACK_NAME), ("", TWIN)], log[-3000:]  # ComfyUI's list of import times
+    assert "could not add the panel's routes" not in log
+    port = json.loads((panel.up().home / "daemon.json").read_text())["port"]
+    events = Events(panel.server.port)
+    try:
+        panel.wait_relay()
+        # A second relay would be on its own backoff (10 s at most) and not poked by the status route: give
+        # it that long to connect, then every event would reach the browser twice.
+        time.sleep(11.0)
+        relays = panel.server.log().count(f"relaying the daemon's events (port {port})")
+        assert relays == 1, panel.server.log()[-3000:]
+        assert panel.call("POST", "/hearth/preload", {"folder": "loras", "name": LORA})[0] == 200
+        panel.wait_ready(LORA)
+        events.wait(lambda m: m.get("action") == "ready" and m.get("name") == LORA, what="a ready event")
+        time.sleep(0.5)  # a copy would follow within milliseconds
+        ready = [m for m in events.messages if m.get("action") == "ready" and m.get("name") == LORA]
+        assert len(ready) == 1, ready
+    finally:
+        events.close()
+        panel.call("POST", "/hearth/evict", {"all": True})
+
+
+# ---- the browser's doors --------------------------------------------------------------------------
+
+# What a page would make ComfyUI's routes do if it could: each would change the daemon's state.
+ATTEMPTS = [("/hearth/preload", {"folder": "checkpoints", "name": CKPT}),
+            ("/hearth/pin", {"folder": "loras", "name": LORA, "pinned": True}),
+            ("/api/hearth/pin", {"folder": "loras", "name": LORA, "pinned": True}),  # ComfyUI's /api/ twin
+            ("/hearth/evict", {"folder": "loras", "name": LORA}),
+            ("/hearth/evict", {"all": True})]
+PLAIN = "text/plain;charset=UTF-8"  # what fetch(url, {method: "POST", body: "..."}) sends, without preflight
+FORM = "application/x-www-form-urlencoded"
+
+# Each: headers given the LAN Host and the loopback one, the answer's status, and whether ComfyUI lets the
+# request through in every supported release (then the refusal must be Hearth's own, with its reason).
+REFUSED = [
+    pytest.param(lambda lan, lo: {"Host": lan, "Origin": EVIL}, 403, True, id="JSON from another origin"),
+    pytest.param(lambda lan, lo: {"Host": lan, "Origin": EVIL, "Content-Type": PLAIN}, 403, True,
+                 id="text/plain simple request"),
+    pytest.param(lambda lan, lo: {"Host": lan, "Origin": EVIL, "Content-Type": FORM}, 403, True, id="form post"),
+    pytest.param(lambda lan, lo: {"Host": lan, "Origin": f"http://{LAN_IP}:3000"}, 403, True,
+                 id="another port of the same host"),
+    pytest.param(lambda lan, lo: {"Host": lan, "Origin": "null", "Content-Type": PLAIN}, 403, True,
+                 id="sandboxed frame, Origin null"),
+    pytest.param(lambda lan, lo: {"Host": lan, "Sec-Fetch-Site": "cross-site", "Content-Type": PLAIN}, 403, False,
+                 id="no Origin, Sec-Fetch-Site cross-site"),  # 0.28 refuses this one itself
+    pytest.param(lambda lan, lo: {"Host": lan, "Sec-Fetch-Site": "same-site"}, 403, True,
+                 id="no Origin, Sec-Fetch-Site same-site"),
+    pytest.param(lambda lan, lo: {"Host": lo, "Origin": EVIL, "Content-Type": PLAIN}, 403, False,
+                 id="loopback Host, text/plain from another origin"),  # ComfyUI refuses this one itself
+    pytest.param(lambda lan, lo: {"Host": lan, "Origin": f"http://{lan}", "Content-Type": PLAIN}, 400, True,
+                 id="this ComfyUI's page, text/plain body"),
+    pytest.param(lambda lan, lo: {"Host": lan, "Content-Type": FORM}, 400, True, id="a program, form body"),
+]
+
+
+def _daemon_state(panel) -> dict:
+    """What the daemon holds, read from the daemon itself: segments (state, pinned) and waiting fills."""
+    doc = panel.daemon.status()
+    return {"segments": sorted((s["path"], s["state"], s["pinned"]) for s in doc["segments"]),
+            "pending": doc.get("pending")}
+
+
+def _with_lora_ready(panel) -> None:
+    panel.up()
+    panel.call("POST", "/hearth/evict", {"folder": "checkpoints", "name": CKPT})
+    panel.call("POST", "/hearth/pin", {"folder": "loras", "name": LORA, "pinned": False})
+    if panel.segment(LORA) is None:
+        assert panel.call("POST", "/hearth/preload", {"folder": "loras", "name": LORA})[0] == 200
+    assert panel.wait_ready(LORA)["pinned"] is False and panel.segment(CKPT) is None
+
+
+@pytest.mark.parametrize("headers, status, ours", REFUSED)
+def test_requests_a_page_of_another_origin_can_make_are_refused_and_change_nothing(panel, headers, status, ours):
+    _with_lora_ready(panel)
+    before = _daemon_state(panel)
+    sent = headers(panel.lan_host(), f"127.0.0.1:{panel.server.port}")
+    for route, body in ATTEMPTS:
+        reply = panel.request("POST", route, body, sent)
+        assert reply.status == status, (route, sent, reply)
+        doc = reply.doc
+        if ours or doc:
+            code = "not_allowed" if status == 403 else "bad_request"
+            assert doc["error"]["code"] == code, (route, sent, doc)
+            assert ("refused" if status == 403 else "application/json") in doc["error"]["message"], doc
+        assert "access-control-allow-origin" not in reply.headers
+        assert _daemon_state(panel) == before, (route, sent)
+
+
+@pytest.mark.parametrize("host", ["lan", "loopback"])
+def test_a_page_of_this_comfyui_may_preload_pin_and_evict(panel, host):
+    panel.up()
+    addressed = panel.lan_host() if host == "lan" else f"127.0.0.1:{panel.server.port}"
+    page = {"Host": addressed, "Origin": f"http://{addressed}", "Sec-Fetch-Site": "same-origin"}
+    status, doc = panel.call("POST", "/hearth/preload", {"folder": "checkpoints", "name": CKPT}, page)
+    assert status == 200 and doc["queued"][0]["name"] == CKPT, doc
+    panel.wait_ready(CKPT)
+    status, doc = panel.call("POST", "/api/hearth/pin", {"folder": "checkpoints", "name": CKPT, "pinned": True}, page)
+    assert status == 200 and panel.segment(CKPT)["pinned"] is True, doc
+    status, doc = panel.call("POST", "/hearth/evict", {"folder": "checkpoints", "name": CKPT}, page)
+    assert status == 200 and panel.segment(CKPT) is None, doc
+
+
+@pytest.mark.parametrize("route", ["/hearth/status", "/hearth/models", "/api/hearth/models"])
+def test_a_page_of_another_origin_cannot_read_the_status_or_the_model_names(panel, route):
+    _with_lora_ready(panel)
+    lan = panel.lan_host()
+    for headers in ({"Host": lan, "Origin": EVIL}, {"Host": lan, "Origin": f"http://{LAN_IP}:3000"},
+                    {"Host": lan, "Sec-Fetch-Site": "same-site"}, {"Host": lan, "Sec-Fetch-Site": "cross-site"}):
+        reply = panel.request("GET", route, headers=headers)
+        assert reply.status == 403, (headers, reply)
+        assert LORA.encode() not in reply.raw and CKPT.encode() not in reply.raw
+        assert "access-control-allow-origin" not in reply.headers
+    reply = panel.request("GET", route, headers={"Host": lan, "Sec-Fetch-Site": "same-origin"})
+    assert reply.status == 200 and LORA.encode() in reply.raw, reply
+    assert "access-control-allow-origin" not in reply.headers

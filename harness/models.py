@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .checkout import comfy_env
+from .server import write_extra_model_paths
 
 # The SD1.5 UNet as ComfyUI's detection describes it; "tiny" keeps the real widths (320 channels, context
 # 768: detection matches SD15 on those) with one level and one block per level, ~40 M parameters.
@@ -42,6 +45,43 @@ _CLIP_TARGETS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "se
                  "mlp.fc1", "mlp.fc2")
 _CLIP_LAYER = "cond_stage_model.transformer.text_model.encoder.layers."
 _UNET_PREFIX = "model.diffusion_model."
+
+
+@dataclass(frozen=True)
+class ModelFolder:
+    """checkpoints/ and loras/ under `root`, and the extra_model_paths YAML that shows them to ComfyUI."""
+
+    root: Path
+    extra_model_paths: Path
+
+    def checkpoint(self, name: str) -> Path:
+        return self.root / "checkpoints" / name
+
+    def lora(self, name: str) -> Path:
+        return self.root / "loras" / name
+
+
+def build_models(checkout: Path, root: Path, checkpoint: str, loras: list[str], shape: str = "tiny",
+                 rank: int = 8, unet_layers: int | None = None, clip_layers: int | None = None) -> ModelFolder:
+    """A ModelFolder at `root` with an SD1.5-shaped checkpoint and one LoRA per name (seeds 1, 2, ...).
+
+    A file already there is kept (a full-size build takes minutes); each is built under a temporary name
+    first, so that an interrupted build never passes for a finished one.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    folder = ModelFolder(root, write_extra_model_paths(root / "extra_model_paths.yaml", root))
+    ckpt = folder.checkpoint(checkpoint)
+    if not ckpt.exists():
+        os.replace(build_checkpoint(checkout, _building(ckpt), shape=shape), ckpt)
+    for seed, name in enumerate(loras, start=1):
+        out = folder.lora(name)
+        if not out.exists():
+            os.replace(build_lora(ckpt, _building(out), rank, seed, unet_layers, clip_layers), out)
+    return folder
+
+
+def _building(path: Path) -> Path:
+    return path.with_name(f".{path.name}.building.safetensors")
 
 
 def build_checkpoint(checkout: Path, out: Path, shape: str = "tiny", seed: int = 0) -> Path:

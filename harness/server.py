@@ -9,6 +9,7 @@ Model files live elsewhere and reach ComfyUI through an extra_model_paths YAML, 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import socket
 import subprocess
@@ -56,6 +57,19 @@ class Run:
     def events(self, kind: str) -> list[dict]:
         return [data for _, k, data in self.messages if k == kind]
 
+    def hearth_loads(self) -> list[dict]:
+        """What the Hearth nodes reported of their loads (`hearth.load`: kind, name, status, seconds, ...)."""
+        return self.events("hearth.load")
+
+    def pixels(self):
+        """The prompt's one image as an RGB numpy array: PNG files differ in the graph they embed, pixels must not."""
+        import numpy as np  # the test and bench extras' dependency, not the pack's
+        from PIL import Image
+
+        if len(self.images) != 1:
+            raise ComfyError(f"prompt {self.prompt_id} saved {len(self.images)} images, not one: {self.history}")
+        return np.asarray(Image.open(io.BytesIO(self.images[0])).convert("RGB"))
+
     def node_seconds(self) -> dict[str, float]:
         """Seconds from each node's `executing` message to the next one: its time as the client sees it."""
         starts = [(t, d.get("node")) for t, k, d in self.messages if k == "executing"]
@@ -72,6 +86,17 @@ class ComfyServer:
         self.port = 0
         self.proc: subprocess.Popen | None = None
         self.client_id = uuid.uuid4().hex
+
+    @classmethod
+    def with_hearth(cls, checkout: Path, base: Path, extra_model_paths: Path, hearth_home: Path) -> ComfyServer:
+        """ComfyUI with the pack, whose client uses the daemon of `hearth_home` (and is not disabled)."""
+        return cls(checkout, base, extra_model_paths, {"HEARTH_HOME": str(hearth_home), "HEARTH_DISABLE": None})
+
+    @classmethod
+    def stock(cls, checkout: Path, base: Path, extra_model_paths: Path) -> ComfyServer:
+        """ComfyUI as it comes, the baseline: every custom node disabled, and the Hearth client too."""
+        return cls(checkout, base, extra_model_paths, {"HEARTH_DISABLE": "1"},
+                   extra_args=("--disable-all-custom-nodes",))
 
     @property
     def url(self) -> str:

@@ -14,9 +14,10 @@ from pathlib import Path
 import psutil
 
 from harness.checkout import find_comfyui
+
 from . import __doc__ as DOC
 from . import cuda, loading, sharing, switching
-from .fixture import CKPT, LORAS, Bench, bench, build_models
+from .fixture import CKPT, LORAS, Bench, bench, scenario_models
 from .report import header, markdown, notes
 from .restart import daemon_restart
 
@@ -53,7 +54,7 @@ def scenarios(b: Bench, repeats: int, counts: tuple[int, ...], segment: Path) ->
         "4": ("LoRA switching", lambda: switching.switching(b, repeats)),
         "5": ("first prompt after start", lambda: loading.first_prompt(b, repeats)),
         "6": ("daemon restart", lambda: daemon_restart(b, repeats, segment)),
-        "7": ("CUDA host-to-device", lambda: cuda.run_child(b.models.checkpoint, b.daemon.env, REPO)),
+        "7": ("CUDA host-to-device", lambda: cuda.run_child(b.checkpoint, b.daemon.env, REPO)),
     }
 
 
@@ -67,8 +68,8 @@ def measure(checkout: Path, quick: bool, repeats: int, only: set[str] | None, pa
            "machine": machine(checkout), "scenarios": {}}
     t_start = time.perf_counter()
     _say(f"building or finding the {'tiny' if quick else 'full-size'} SD1.5 checkpoint and two LoRAs...")
-    models = build_models(checkout, "tiny" if quick else "full")
-    doc["checkpoint"] = {"name": CKPT, "bytes": models.checkpoint.stat().st_size}
+    models = scenario_models(checkout, "tiny" if quick else "full")
+    doc["checkpoint"] = {"name": CKPT, "bytes": models.checkpoint(CKPT).stat().st_size}
     doc["loras"] = {name: models.lora(name).stat().st_size for name in LORAS}
     with bench(checkout, models) as b:
         segment = Path(b.warm_segments()[CKPT]["segment"])

@@ -21,8 +21,9 @@ import psutil
 
 from harness import graphs
 from harness.daemon import Daemon
-from harness.models import build_checkpoint, build_lora
-from harness.server import ComfyServer, write_extra_model_paths
+from harness.models import ModelFolder, build_models
+from harness.server import ComfyServer
+
 from ..load import OUT
 
 STOCK, HEARTH = "stock", "hearth"
@@ -35,35 +36,9 @@ SWAPPER_ID = "8"  # the LoRA swapper's; its stock twin is a chain of LoraLoaders
 LORA_RANK = {"full": 256, "tiny": 8}
 
 
-@dataclass(frozen=True)
-class Models:
-    root: Path  # checkpoints/ and loras/
-    extra_model_paths: Path
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.root / "checkpoints" / CKPT
-
-    def lora(self, name: str) -> Path:
-        return self.root / "loras" / name
-
-
-def build_models(checkout: Path, shape: str) -> Models:
+def scenario_models(checkout: Path, shape: str) -> ModelFolder:
     """The checkpoint and two LoRAs of `shape` ("full" ~2.1 GB, "tiny" ~300 MB), built when absent."""
-    root = OUT / "scenarios" / shape
-    ckpt = root / "checkpoints" / CKPT
-    if not ckpt.exists():
-        # Built under a temporary name: an interrupted build must not pass for a finished one next time.
-        tmp = ckpt.with_name(f".{CKPT}.building.safetensors")
-        build_checkpoint(checkout, tmp, shape=shape)
-        os.replace(tmp, ckpt)
-    for seed, name in enumerate(LORAS, start=1):
-        out = root / "loras" / name
-        if not out.exists():
-            tmp = out.with_name(f".{name}.building.safetensors")
-            build_lora(ckpt, tmp, rank=LORA_RANK[shape], seed=seed)
-            os.replace(tmp, out)
-    return Models(root, write_extra_model_paths(root / "extra_model_paths.yaml", root))
+    return build_models(checkout, OUT / "scenarios" / shape, CKPT, list(LORAS), shape, rank=LORA_RANK[shape])
 
 
 def warm_page_cache(path: Path) -> None:
@@ -103,23 +78,24 @@ class Bench:
     """One benchmark run's ComfyUI checkout, models and daemon; hands out fresh ComfyUI processes."""
 
     checkout: Path
-    models: Models
+    models: ModelFolder
     daemon: Daemon
     work: Path  # servers' base folders
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.models.checkpoint(CKPT)
 
     def server(self, side: str, need: int | None = None) -> ComfyServer:
         """A fresh, started ComfyUI: stock with custom nodes disabled, Hearth with the pack and the daemon.
 
         Started only once `need` bytes (default: a stock process's peak for this checkpoint) are free.
         """
-        wait_for_room(need if need is not None else int(PEAK_PER_CKPT_BYTE * self.models.checkpoint.stat().st_size))
+        wait_for_room(need if need is not None else int(PEAK_PER_CKPT_BYTE * self.checkpoint.stat().st_size))
         base = Path(tempfile.mkdtemp(prefix=f"{side}-", dir=self.work))
-        if side == STOCK:
-            server = ComfyServer(self.checkout, base, self.models.extra_model_paths, {"HEARTH_DISABLE": "1"},
-                                 extra_args=("--disable-all-custom-nodes",))
-        else:
-            server = ComfyServer(self.checkout, base, self.models.extra_model_paths,
-                                 {"HEARTH_HOME": str(self.daemon.home), "HEARTH_DISABLE": None})
+        yaml = self.models.extra_model_paths
+        server = (ComfyServer.stock(self.checkout, base, yaml) if side == STOCK else
+                  ComfyServer.with_hearth(self.checkout, base, yaml, self.daemon.home))
         return server.start(timeout=180)
 
     @contextmanager
@@ -139,7 +115,7 @@ class Bench:
 
     def warm_segments(self) -> dict[str, dict]:
         """Fill (or find) the segments of the checkpoint and both LoRAs; {name: acquire answer}."""
-        return {p.name: self.acquire(p) for p in [self.models.checkpoint, *map(self.models.lora, LORAS)]}
+        return {p.name: self.acquire(p) for p in [self.checkpoint, *map(self.models.lora, LORAS)]}
 
     def restart_daemon(self) -> float:
         """Stop the daemon (its segments stay in /dev/shm) and start it again; seconds to ready."""
@@ -150,7 +126,7 @@ class Bench:
 
 
 @contextmanager
-def bench(checkout: Path, models: Models) -> Iterator[Bench]:
+def bench(checkout: Path, models: ModelFolder) -> Iterator[Bench]:
     """A private daemon (own HEARTH_HOME and /dev/shm folder) for one run; everything removed after."""
     work = Path(tempfile.mkdtemp(prefix="hearth-scenarios-"))
     shm = Path("/dev/shm") / f"hearth-scenarios-{uuid.uuid4().hex[:8]}"

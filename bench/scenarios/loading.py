@@ -11,8 +11,9 @@ import time
 from collections.abc import Callable
 
 from harness.server import ComfyServer, Run
+
 from ..load import drop_page_cache
-from .fixture import HEARTH, LOADER_ID, SIDES, Bench, loader_graph, txt2img_graph, warm_page_cache
+from .fixture import LOADER_ID, SIDES, Bench, loader_graph, txt2img_graph, warm_page_cache
 from .memory import usage
 
 # How node times are taken, the same for stock and Hearth:
@@ -27,7 +28,7 @@ from .memory import usage
 
 def checkpoint_event(run: Run) -> dict | None:
     """Hearth's own report of the checkpoint load (status "hit", "miss" or "fallback"; the node's seconds)."""
-    events = [e for e in run.events("hearth.load") if e.get("kind") == "checkpoint"]
+    events = [e for e in run.hearth_loads() if e.get("kind") == "checkpoint"]
     return events[0] if events else None
 
 
@@ -58,7 +59,7 @@ def fresh_process(bench: Bench, side: str, graph: dict, page_cache: str) -> dict
         pid = server.proc.pid
         before = usage(pid)
         # After start-up, right before the prompt: ComfyUI's start reads no model file.
-        (warm_page_cache if page_cache == "warm" else drop_page_cache)(bench.models.checkpoint)
+        (warm_page_cache if page_cache == "warm" else drop_page_cache)(bench.checkpoint)
         run, wall = timed_run(server, graph)
         after = usage(pid)
     nodes = run.node_seconds()

@@ -18,7 +18,7 @@ from .loading import checkpoint_status, timed_run
 
 def refill_seconds(bench: Bench) -> float:
     """What a daemon that lost its segments pays: evict the checkpoint, drop its page cache, fill again."""
-    ckpt = bench.models.checkpoint
+    ckpt = bench.checkpoint
     bench.daemon.api("POST", "/v1/evict", {"path": str(ckpt)})
     drop_page_cache(ckpt)
     t0 = time.perf_counter()
@@ -37,7 +37,7 @@ def daemon_restart(bench: Bench, repeats: int, segment: Path) -> dict:
         t0 = time.perf_counter()
         bench.daemon.start()
         out["ready_s"].append(time.perf_counter() - t0)
-        answer = bench.acquire(bench.models.checkpoint)
+        answer = bench.acquire(bench.checkpoint)
         out["served_s"].append(time.perf_counter() - t0)
         out["hit"].append(bool(answer["hit"]))
         with bench.running(HEARTH) as server:
@@ -46,7 +46,7 @@ def daemon_restart(bench: Bench, repeats: int, segment: Path) -> dict:
         out["status"].append(checkpoint_status(run))
         # The reference: stock's first prompt at the same moment (its page cache warm), not one taken
         # minutes earlier under another load.
-        warm_page_cache(bench.models.checkpoint)
+        warm_page_cache(bench.checkpoint)
         with bench.running(STOCK) as server:
             out["stock_prompt_s"].append(timed_run(server, txt2img_graph(STOCK))[1])
     return out

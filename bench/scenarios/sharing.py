@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.server import ComfyServer
+
 from .fixture import HEARTH, Bench, NoRoom, loader_graph, txt2img_graph
 from .loading import checkpoint_status, timed_run
 from .memory import mapping_pss, usage

@@ -10,22 +10,14 @@ checkpoint loader from its cache (the base model was not rebuilt), whether the i
 from __future__ import annotations
 
 import hashlib
-import io
 
 from harness.server import ComfyServer, Run
+
 from .fixture import LOADER_ID, LORAS, SIDES, SWAPPER_ID, Bench, txt2img_graph
 from .loading import timed_run
 
 SEQUENCE = (("A", LORAS[0]), ("B", LORAS[1]), ("A", LORAS[0]), ("none", None))
 SEQUENCE_NAMES = [name for _, name in SEQUENCE]
-
-
-def pixels(run: Run):
-    import numpy as np
-    from PIL import Image
-
-    [png] = run.images
-    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
 
 
 def lora_node_seconds(run: Run) -> float | None:
@@ -47,19 +39,19 @@ def _step(server: ComfyServer, side: str, label: str, name: str | None, base, fi
 
     loras = [(name, 1.0, 1.0)] if name else []
     run, wall = timed_run(server, txt2img_graph(side, loras=loras, prefix=label))
-    image = pixels(run)
+    image = run.pixels()
     return {"lora": label, "first_use": first_use, "node_s": lora_node_seconds(run), "prompt_s": wall,
             "nodes": run.node_seconds(), "loader_cached": loader_was_cached(run),
             "equals_base": bool(np.array_equal(image, base)), "pixels_sha256": _sha(image),
             "hearth_loads": [{k: e.get(k) for k in ("status", "seconds", "patches_reused")}
-                             for e in run.events("hearth.load")]}
+                             for e in run.hearth_loads()]}
 
 
 def one_process(bench: Bench, side: str) -> dict:
     """A fresh ComfyUI: the base image (this prompt loads the checkpoint), then A -> B -> A -> none."""
     with bench.running(side) as server:
         run, wall = timed_run(server, txt2img_graph(side, loras=[], prefix="base"))
-        base = pixels(run)
+        base = run.pixels()
         steps = [_step(server, side, label, name, base, first_use=name not in SEQUENCE_NAMES[:i])
                  for i, (label, name) in enumerate(SEQUENCE)]
     return {"base_prompt_s": wall, "base_sha256": _sha(base), "steps": steps}

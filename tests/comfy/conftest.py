@@ -16,10 +16,10 @@ import pytest
 
 from harness.checkout import find_comfyui
 from harness.daemon import Daemon
-from harness.models import build_checkpoint, build_lora
-from harness.server import ComfyServer, write_extra_model_paths
+from harness.models import ModelFolder, build_models
+from harness.server import ComfyServer
 
-from .comfy_support import CKPT, LORA_A, LORA_B, Models, StockRenders, start_comfy
+from .comfy_support import CKPT, LORA_A, LORA_B, StockRenders, start_comfy
 
 
 @pytest.fixture(scope="session")
@@ -31,17 +31,14 @@ def comfy_checkout() -> Path:
 
 
 @pytest.fixture(scope="session")
-def models(comfy_checkout: Path, tmp_path_factory: pytest.TempPathFactory) -> Models:
-    root = tmp_path_factory.mktemp("comfy-models")
-    ckpt = build_checkpoint(comfy_checkout, root / "checkpoints" / CKPT)
+def models(comfy_checkout: Path, tmp_path_factory: pytest.TempPathFactory) -> ModelFolder:
     # LoRAs on a handful of UNet and CLIP layers; different seeds, different pictures.
-    build_lora(ckpt, root / "loras" / LORA_A, rank=8, seed=1, unet_layers=8, clip_layers=12)
-    build_lora(ckpt, root / "loras" / LORA_B, rank=8, seed=2, unet_layers=8, clip_layers=12)
-    return Models(root, write_extra_model_paths(root / "extra_model_paths.yaml", root))
+    return build_models(comfy_checkout, tmp_path_factory.mktemp("comfy-models"), CKPT, [LORA_A, LORA_B],
+                        rank=8, unet_layers=8, clip_layers=12)
 
 
 @pytest.fixture(scope="session")
-def daemon(models: Models, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+def daemon(models: ModelFolder, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     shm = Path("/dev/shm") / f"hearth-comfy-tests-{uuid.uuid4().hex[:8]}"
     # No HEARTH_MODEL_DIRS: the files are allowed only because ComfyUI registers its model folders.
     d = Daemon(tmp_path_factory.mktemp("hearth-home"), [], shm_dir=shm)
@@ -53,7 +50,7 @@ def daemon(models: Models, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 
 @pytest.fixture(scope="session")
-def comfy(comfy_checkout: Path, models: Models, daemon: Daemon,
+def comfy(comfy_checkout: Path, models: ModelFolder, daemon: Daemon,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComfyServer]:
     server = start_comfy(comfy_checkout, models, tmp_path_factory.mktemp("comfy-1"), daemon.home)
     try:

@@ -11,19 +11,19 @@ import numpy as np
 from harness import graphs
 from harness.daemon import sha256
 
-from .comfy_support import CKPT, LORA_A, LORA_B, hearth_graph, loads, pixels, start_comfy
+from .comfy_support import CKPT, LORA_A, LORA_B, hearth_graph, start_comfy
 
 STACK = [(LORA_A, 1.0, 1.0), (LORA_B, 0.5, 0.7)]
 
 
 def checkpoint_event(run) -> dict:
-    [event] = [e for e in loads(run) if e["kind"] == "checkpoint"]
+    [event] = [e for e in run.hearth_loads() if e["kind"] == "checkpoint"]
     return event
 
 
 def test_hearth_txt2img_gives_the_stock_image(comfy, stock):
     run = comfy.run(hearth_graph())
-    image = pixels(run)
+    image = run.pixels()
     assert image.std() > 1, "a flat image would prove nothing"
     np.testing.assert_array_equal(image, stock())  # bit-exact: the UNet computes in stock's dtype
     event = checkpoint_event(run)
@@ -31,7 +31,7 @@ def test_hearth_txt2img_gives_the_stock_image(comfy, stock):
 
 
 def test_lora_stack_gives_the_stock_loraloader_image(comfy, stock):
-    image = pixels(comfy.run(hearth_graph(STACK)))
+    image = comfy.run(hearth_graph(STACK)).pixels()
     np.testing.assert_array_equal(image, stock(STACK))
     assert not np.array_equal(image, stock()), "the LoRAs changed nothing"
 
@@ -44,9 +44,10 @@ def test_switching_loras_reuses_the_base_model_and_reads_no_file(comfy, stock):
     for loras in switches:
         run = comfy.run(hearth_graph(loras))
         assert "1" in run.events("execution_cached")[0]["nodes"], "the base model was loaded again"
-        assert [e["kind"] for e in loads(run)] == ["lora"] * len(loras)
-        assert all(e["status"] in ("hit", "miss") for e in loads(run)), loads(run)  # from the segment
-        np.testing.assert_array_equal(pixels(run), stock(loras or None))  # no LoRA: the base image
+        loads = run.hearth_loads()
+        assert [e["kind"] for e in loads] == ["lora"] * len(loras)
+        assert all(e["status"] in ("hit", "miss") for e in loads), loads  # from the segment
+        np.testing.assert_array_equal(run.pixels(), stock(loras or None))  # no LoRA: the base image
 
 
 def test_switching_back_reuses_the_patches_until_the_file_changes(comfy, models, stock):
@@ -55,13 +56,14 @@ def test_switching_back_reuses_the_patches_until_the_file_changes(comfy, models,
     comfy.run(hearth_graph(a))
     comfy.run(hearth_graph(b))
     run = comfy.run(hearth_graph(a))
-    assert [e["patches_reused"] for e in loads(run)] == [True], loads(run)
-    np.testing.assert_array_equal(pixels(run), stock(a))
-    path = models.path("loras", LORA_B)
+    assert [e["patches_reused"] for e in run.hearth_loads()] == [True], run.hearth_loads()
+    np.testing.assert_array_equal(run.pixels(), stock(a))
+    path = models.lora(LORA_B)
     os.utime(path, ns=(time.time_ns(), time.time_ns()))  # a new version of the file: a new segment key
     run = comfy.run(hearth_graph(b))
-    assert [(e["status"], e["patches_reused"]) for e in loads(run)] == [("miss", False)], loads(run)
-    np.testing.assert_array_equal(pixels(run), stock(b))
+    loads = run.hearth_loads()
+    assert [(e["status"], e["patches_reused"]) for e in loads] == [("miss", False)], loads
+    np.testing.assert_array_equal(run.pixels(), stock(b))
 
 
 def _with_hook_lora(graph: dict, lora: str) -> dict:
@@ -96,12 +98,12 @@ def test_in_place_lora_writes_never_reach_the_shared_segment(comfy, daemon, mode
     # patched values into them (comfy.utils.copy_to_param) and its backups back after the run.
     hooked = _with_hook_lora(hearth_graph(), LORA_A)
     # Stock first: a stock run after ours would replace our cached model, and unmap the segment.
-    stock_base, stock_hooked = stock(), pixels(comfy.run(graphs.to_stock(hooked)))
+    stock_base, stock_hooked = stock(), comfy.run(graphs.to_stock(hooked)).pixels()
     assert not np.array_equal(stock_hooked, stock_base), "the hook LoRA changed nothing"
     comfy.run(hearth_graph())
-    segment = daemon.segment(models.path("checkpoints", CKPT))
+    segment = daemon.segment(models.checkpoint(CKPT))
     before = sha256(segment)
-    np.testing.assert_array_equal(pixels(comfy.run(hooked)), stock_hooked)
+    np.testing.assert_array_equal(comfy.run(hooked).pixels(), stock_hooked)
     assert _anonymous_kib(comfy.proc.pid, segment) > 0, "ComfyUI wrote no weight in place"
     assert sha256(segment) == before
 
@@ -113,7 +115,7 @@ def test_a_second_comfyui_process_gets_a_cache_hit(comfy_checkout, models, daemo
         run = second.run(hearth_graph())
         assert checkpoint_event(run)["status"] == "hit"
         assert f"Hearth checkpoint {CKPT}: cache hit" in second.log()
-        np.testing.assert_array_equal(pixels(run), stock())
+        np.testing.assert_array_equal(run.pixels(), stock())
     finally:
         second.stop()
 
@@ -124,9 +126,9 @@ def test_daemon_down_loads_the_stock_way_and_says_why_once(comfy_checkout, model
         reasons = set()
         for loras in ([(LORA_A, 1.0, 1.0)], [(LORA_B, 1.0, 1.0)]):  # three loads: checkpoint, LoRA, LoRA
             run = server.run(hearth_graph(loras))
-            np.testing.assert_array_equal(pixels(run), stock(loras))
-            assert {e["status"] for e in loads(run)} == {"fallback"}
-            reasons |= {e["reason"] for e in loads(run)}
+            np.testing.assert_array_equal(run.pixels(), stock(loras))
+            assert {e["status"] for e in run.hearth_loads()} == {"fallback"}
+            reasons |= {e["reason"] for e in run.hearth_loads()}
         [reason] = reasons
         assert reason and server.log().count(reason) == 1, server.log()
     finally:

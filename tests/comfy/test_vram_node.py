@@ -17,7 +17,7 @@ from harness import graphs
 from harness.checkout import comfy_env
 from harness.server import ComfyError
 
-from .comfy_support import CKPT, pixels
+from .comfy_support import CKPT
 
 WORKFLOW = "hearth_vram_budget"
 BUDGET, PREVIEW, SAMPLER = "8", "9", "5"  # node ids in the workflow
@@ -46,9 +46,9 @@ def explanation(run) -> str:
 @pytest.mark.parametrize("budget", ["auto", "2.5"])
 def test_auto_plan_on_cpu_gives_the_image_of_the_graph_without_the_node(comfy, budget):
     run = comfy.run(budget_graph(budget))
-    image = pixels(run)
+    image = run.pixels()
     assert image.std() > 1, "a flat image would prove nothing"
-    np.testing.assert_array_equal(image, pixels(comfy.run(without_budget(budget_graph(budget)))))
+    np.testing.assert_array_equal(image, comfy.run(without_budget(budget_graph(budget))).pixels())
     text = explanation(run)
     assert f"Hearth VRAM plan for {CKPT}" in text and f"budget {'auto' if budget == 'auto' else '2.5 GiB'}" in text
     assert "Chose cpu" in text and "no GPU" in text, text  # the plan and why not the better ones
@@ -57,7 +57,7 @@ def test_auto_plan_on_cpu_gives_the_image_of_the_graph_without_the_node(comfy, b
 
 def test_the_plan_reaches_the_daemon_and_hearth_status(comfy, daemon):
     run = comfy.run(budget_graph("1.5", "cpu"))
-    np.testing.assert_array_equal(pixels(run), pixels(comfy.run(without_budget(budget_graph()))))
+    np.testing.assert_array_equal(run.pixels(), comfy.run(without_budget(budget_graph())).pixels())
     doc = daemon.api("GET", "/v1/strategy")
     assert {"strategy": doc["strategy"], "model": doc["model"], "requested": doc["requested"],
             "budget_bytes": doc["budget_bytes"], "device": doc["device"]} == {
@@ -139,7 +139,7 @@ def run_child(checkout, ckpt, mode: str, home) -> dict[str, dict]:
 
 
 def test_every_strategy_applies_to_a_cpu_model(comfy_checkout, models, tmp_path):
-    got = run_child(comfy_checkout, models.path("checkpoints", CKPT), "cpu", tmp_path)
+    got = run_child(comfy_checkout, models.checkpoint(CKPT), "cpu", tmp_path)
     for strategy in ("full_gpu", "partial", "sequential", "cpu"):  # on a CPU load device: ComfyUI's plain load
         assert got[strategy]["same"] and got[strategy]["fp8"] == 0, got[strategy]
         assert got[strategy]["input_untouched"] and got[strategy]["device"] == "cpu"
@@ -154,7 +154,7 @@ def test_every_strategy_applies_to_a_cpu_model(comfy_checkout, models, tmp_path)
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: GPU placement of the strategies not run")
 def test_every_strategy_places_the_weights_on_a_gpu(comfy_checkout, models, tmp_path):
-    got = run_child(comfy_checkout, models.path("checkpoints", CKPT), "gpu", tmp_path)
+    got = run_child(comfy_checkout, models.checkpoint(CKPT), "gpu", tmp_path)
     full = got["full_gpu"]
     assert full["same"] and full["device"].startswith("cuda") and not full["lowvram"]
     assert full["loaded"] >= full["size"] * 0.99, full  # every weight in VRAM

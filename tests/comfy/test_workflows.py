@@ -14,7 +14,7 @@ import pytest
 from harness import REPO, graphs
 from harness.server import PACK_NAME
 
-from .comfy_support import CKPT, loads, pixels
+from .comfy_support import CKPT
 
 EXAMPLES = REPO / "example_workflows"
 NAMES = sorted(p.stem for p in EXAMPLES.glob("*.json"))
@@ -109,7 +109,7 @@ def test_example_holds_the_widget_values_of_its_api_twin(comfy, name):
 @pytest.mark.parametrize("name", NAMES)
 def test_api_twin_runs_with_the_packs_nodes_and_saves_an_image(comfy, name):
     run = comfy.run(graphs.configure(graphs.load(f"{name}_api"), CKPT, seed=7))  # a seed no other test uses
-    assert pixels(run).std() > 1, "a flat image would prove nothing"
+    assert run.pixels().std() > 1, "a flat image would prove nothing"
     # The loader may come from ComfyUI's cache (an earlier test loaded the same checkpoint); what loads runs
     # through the daemon, not the stock fallback.
-    assert all(e["status"] in ("hit", "miss") for e in loads(run)), loads(run)
+    assert all(e["status"] in ("hit", "miss") for e in run.hearth_loads()), run.hearth_loads()

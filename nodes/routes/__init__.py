@@ -5,7 +5,7 @@ trusted: other machines on the LAN that reach ComfyUI's server (it is often star
 pages of other origins open in the user's browser, which can send requests to ComfyUI (a cross-origin
 "simple" POST goes out without a preflight) even where they cannot read the answers.
 
-Doors, each tried in tests/comfy/test_panel_routes.py:
+Doors (tests/comfy/test_panel_routes.py tries each against a real ComfyUI):
 - The daemon's token stays in ComfyUI's process: the routes call the daemon on loopback with it and the
   browser never sees it, so nothing that reaches ComfyUI can talk to the daemon itself.
 - Names, never paths (names.py): a request names a model by ComfyUI folder and name, resolved through
@@ -13,12 +13,12 @@ Doors, each tried in tests/comfy/test_panel_routes.py:
   on the LAN can preload, pin or evict only the models ComfyUI offers it for its workflows anyway.
 - Answers and relayed events carry names, never model paths nor the daemon's allowed roots (redact.py).
 - Pages of another origin are refused (guard.py): the Origin must match the Host the request addressed,
-  else Sec-Fetch-Site must be same-origin; POST bodies only as application/json. GETs are checked too, so
-  no page reads the model names whatever CORS headers ComfyUI adds (--enable-cors-header adds them to
-  every answer and replaces ComfyUI's own Origin check, which only ever covered a loopback Host).
-- Not covered: DNS rebinding (a page at a host name its owner points at the ComfyUI machine is same-origin
-  by the browser's rules); ComfyUI's own API (/prompt) is as open to it. ComfyUI's websocket, which
-  carries the relayed events, is ComfyUI's door.
+  else Sec-Fetch-Site must be same-origin (or none); POST bodies only as application/json. GETs are checked
+  too, so no page reads the model names whatever CORS headers ComfyUI adds (--enable-cors-header adds them
+  to every answer and replaces ComfyUI's own Origin check, which only ever covered a loopback Host).
+Not covered: DNS rebinding (a page at a host name its owner points at the ComfyUI machine is same-origin by
+the browser's rules), to which ComfyUI's own API (/prompt) is as open; and ComfyUI's websocket, which carries
+the relayed events (names only) and is ComfyUI's door.
 
     GET  /hearth/status   the daemon's status, or {"daemon": "down", "reason"} (always 200)
     GET  /hearth/models   {"checkpoints": [...], "loras": [...]}: the cacheable files ComfyUI knows

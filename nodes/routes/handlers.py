@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -22,7 +23,7 @@ from .redact import redact_answer, redact_status
 if TYPE_CHECKING:
     from .relay import Relay
 
-Handler = Callable[[web.Request], Any]
+Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 KEY_RE = re.compile(r"^[0-9a-f]{16}$")
 

@@ -402,3 +402,32 @@ def test_a_page_of_another_origin_cannot_read_the_status_or_the_model_names(pane
     reply = panel.request("GET", route, headers={"Host": lan, "Sec-Fetch-Site": "same-origin"})
     assert reply.status == 200 and LORA.encode() in reply.raw, reply
     assert "access-control-allow-origin" not in reply.headers
+    token = (panel.daemon.home / "token").read_text().strip()
+    assert token.encode() not in reply.raw and str(panel.models).encode() not in reply.raw
+
+
+def test_with_comfyuis_cors_header_a_page_of_another_origin_still_cannot_use_the_routes(panel, tmp_path):
+    """`--enable-cors-header '*'` grants every preflight, adds Access-Control-Allow-Origin to every answer and
+    turns ComfyUI's own Origin check off: a loopback Host is then as open as a LAN one."""
+    _with_lora_ready(panel)
+    s = panel.server
+    cors = ComfyServer(s.checkout, tmp_path / "comfy", s.extra_model_paths, s.env_overrides,
+                       ("--enable-cors-header", "*")).start()
+    try:
+        other, host = Panel(cors, panel.daemon, panel.models), f"127.0.0.1:{cors.port}"
+        page = {"Host": host, "Origin": EVIL}
+        preflight = other.request("OPTIONS", "/hearth/pin", headers={
+            **page, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"})
+        assert preflight.status == 200 and preflight.headers["access-control-allow-origin"] == "*"
+        reply = other.request("GET", "/hearth/models", headers=page)
+        assert reply.status == 403 and LORA.encode() not in reply.raw, reply
+        assert reply.headers["access-control-allow-origin"] == "*"  # readable by the page: hence the refusal
+        before = _daemon_state(panel)
+        for route, body in ATTEMPTS:
+            status, doc = other.call("POST", route, body, page)
+            assert status == 403 and doc["error"]["code"] == "not_allowed", (route, doc)
+            assert _daemon_state(panel) == before, route
+        status, doc = other.call("GET", "/hearth/models", headers={"Host": host, "Sec-Fetch-Site": "same-origin"})
+        assert status == 200 and doc["loras"] == [LORA], doc
+    finally:
+        cors.stop()

@@ -176,8 +176,8 @@ def panel(tmp_path_factory: pytest.TempPathFactory):
     (root / "home").mkdir(mode=0o700)
     (root / "comfy" / "custom_nodes").mkdir(parents=True)
     (root / "comfy" / "custom_nodes" / TWIN).symlink_to(REPO, target_is_directory=True)
-    server = ComfyServer(checkout, root / "comfy", write_extra_model_paths(root / "extra.yaml", models),
-                         {"HEARTH_HOME": str(daemon.home), "HEARTH_DISABLE": None})
+    server = ComfyServer.with_hearth(checkout, root / "comfy", write_extra_model_paths(root / "extra.yaml", models),
+                                     daemon.home)
     try:
         server.start()
         yield Panel(server, daemon, models)

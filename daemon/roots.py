@@ -21,10 +21,14 @@ def real_path(path: Any) -> str:
 
     Relative paths are refused: resolved here they would name a file under the daemon's working folder, not
     the caller's, which can be another file with the same relative name (a wrong tensor). Clients resolve
-    paths in their own process. A string with a NUL byte would make os calls raise.
+    paths in their own process. A string with a NUL byte or a lone surrogate would make os calls raise.
     """
     if not isinstance(path, str) or not path or "\0" in path:
         raise BadRequest("path must be a non-empty string without NUL bytes")
+    try:
+        os.fsencode(path)
+    except UnicodeEncodeError:  # JSON's \ud800 escape: a lone surrogate that no file name can hold
+        raise BadRequest(f"{path!r} holds a character no file name can hold (a lone surrogate)") from None
     if not os.path.isabs(path):
         raise BadRequest(f"{path}: the daemon takes absolute paths only (a relative path would be looked up "
                          f"in the daemon's working folder, not yours)")
@@ -56,7 +60,10 @@ class Roots:
         if not isinstance(roots, list) or not all(isinstance(r, str) for r in roots):
             raise BadRequest("roots must be a list of folder paths")
         for r in roots:
-            real = os.path.realpath(r)
+            try:
+                real = os.path.realpath(r)
+            except ValueError:  # a NUL byte or a lone surrogate: no folder has that name
+                continue
             if os.path.isdir(real):
                 self._registered.add(real)
 

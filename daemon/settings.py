@@ -33,7 +33,7 @@ def _check(key: str, value: Any) -> Any:
     if key == "max_fills":
         try:
             value = int(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: 1e999 reads as an infinite float
             value = 0
         if not 1 <= value <= 16:
             raise ValueError("max_fills must be a whole number between 1 and 16")

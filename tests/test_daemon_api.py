@@ -193,8 +193,10 @@ def test_roots_registered_by_a_process_are_allowed(daemon, tmp_path):
     d = daemon
     other = make_model(tmp_path / "comfy" / "models" / "m.safetensors")
     _refused(d.api("POST", "/v1/acquire", {"path": str(other)}), 403, "not_allowed")
-    roots = d.ok("POST", "/v1/roots", {"roots": [str(other.parent), str(tmp_path / "no-such-dir")]})["roots"]
-    assert str(other.parent) in roots and str(tmp_path / "no-such-dir") not in roots
+    # names no folder can have (a NUL byte, a lone surrogate) are skipped like folders that do not exist
+    given = [str(other.parent), str(tmp_path / "no-such-dir"), "/a\0b", "/a\ud800b"]
+    roots = d.ok("POST", "/v1/roots", {"roots": given})["roots"]
+    assert str(other.parent) in roots and not set(given[1:]) & set(roots)
     assert d.acquire(other)["size"] == other.stat().st_size
 
 
@@ -226,12 +228,42 @@ def test_hostile_acquire_bodies(shared_daemon, body, status, code):
     ("POST", "/v1/preload", b'{"paths": 5}'),
     ("POST", "/v1/strategy", b'["x"]'),
     ("POST", "/v1/evict", b"{}"),
+    # found by the fuzzer (bench/fuzz.py): each was a 500 internal error
+    ("POST", "/v1/acquire", b'{"path": "/m/\\ud800.safetensors"}'),  # a lone surrogate no file name holds
+    ("POST", "/v1/evict", b'{"path": "/m/\\udc00.safetensors"}'),
+    ("POST", "/v1/pin", b'{"path": "/m/\\ud800.safetensors", "pinned": false}'),
+    ("POST", "/v1/config", b'{"max_fills": 1e999}'),  # an infinite float, which int() cannot take
+    ("POST", "/v1/config", b'{"max_fills": Infinity}'),  # not JSON, though Python's parser takes it
+    ("POST", "/v1/acquire", b"[" * 100_000 + b"]" * 100_000),  # deeper than the parser's recursion limit
 ])
 def test_hostile_request_bodies(shared_daemon, method, path, raw):
     daemon = shared_daemon
     before = daemon.ok("GET", "/v1/config")
     _refused(daemon.api(method, path, raw_body=raw), 400, "bad_request")
     assert daemon.ok("GET", "/v1/config") == before  # nothing half-applied
+
+
+@pytest.mark.parametrize("headers, status, code", [
+    ({"Content-Encoding": "gzip"}, 400, "bad_request"),  # a body that is not gzip: was a 500
+    ({"Content-Type": "application/json; charset=no-such-codec"}, 200, None),  # was a 500 (LookupError)
+    ({"Content-Type": "application/json; charset=latin-1"}, 200, None),  # JSON is UTF-8, whatever it says
+])
+def test_bodies_are_read_as_utf8_json_whatever_the_headers_say(shared_daemon, headers, status, code):
+    import http.client
+
+    d = shared_daemon
+    conn = http.client.HTTPConnection("127.0.0.1", d.port, timeout=10)
+    try:
+        conn.request("POST", "/v1/strategy", body='{"model": "café"}'.encode(),
+                     headers={"Authorization": f"Bearer {d.token}", "Content-Type": "application/json", **headers})
+        resp = conn.getresponse()
+        answer = (resp.status, json.loads(resp.read()))
+    finally:
+        conn.close()
+    if code:
+        _refused(answer, status, code)
+    else:
+        assert answer[0] == 200 and answer[1]["model"] == "café", answer
 
 
 def test_not_found_answers(shared_daemon):

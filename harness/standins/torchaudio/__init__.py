@@ -1,10 +1,9 @@
-"""Import-only stand-in for torchaudio (no build matches the CPU torch used here).
+"""Import-only stand-in for torchaudio (no build matches the CPU torch used here): any submodule imports,
+any name is a placeholder that raises when used. See _hearth_standin."""
 
-ComfyUI imports torchaudio at start-up for audio models the Hearth tests never run; any attribute use raises.
-"""
+import sys
+
+from _hearth_standin import install
 
 __version__ = "0.0.0+hearth.standin"
-
-
-def __getattr__(name: str):
-    raise AttributeError(f"torchaudio stand-in for the Hearth tests has no {name!r}")
+install(sys.modules[__name__])

@@ -1,0 +1,96 @@
+"""Import-only stand-ins for packages that ComfyUI imports at start-up but the Hearth tests never run.
+
+No torchvision or torchaudio build matches the CPU torch used here, and ComfyUI imports both (0.28 also
+`from torchvision.ops import roi_align`, `from torchvision.models.optical_flow import raft_large`, ...) for
+models SD1.5 never touches. A stand-in package answers every submodule and every name, so any such import
+succeeds; a name is a `Placeholder` that raises the moment it is used (called, subclassed and instantiated,
+compared, iterated), never a wrong result. The package has no distribution metadata, so libraries that ask
+`importlib.metadata` whether it is installed (transformers does) still see it as absent.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import sys
+import types
+
+
+class StandInUsed(RuntimeError):
+    """Code reached a stand-in: the test touched a model path that needs the real package."""
+
+
+def _refuse(path: str):
+    raise StandInUsed(f"{path} is an import-only stand-in for the Hearth tests (the real package is not "
+                      "installed here); this code path needs it")
+
+
+class Placeholder:
+    """Any name of a stand-in module: attributes are placeholders too (`InterpolationMode.BILINEAR` as a
+    default argument), anything else raises StandInUsed."""
+
+    def __init__(self, path: str):
+        object.__setattr__(self, "_path", path)
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)  # protocols (copy, pickle, inspect) must see "no such attribute"
+        return Placeholder(f"{self._path}.{name}")
+
+    def __call__(self, *args, **kwargs):
+        _refuse(self._path)
+
+    def __mro_entries__(self, bases):
+        # `class Net(torchvision.models.ResNet)` at import: a class that refuses to be instantiated.
+        path = self._path
+        return (type(path.rsplit(".", 1)[-1], (), {"__init__": lambda self, *a, **k: _refuse(path)}),)
+
+    def __repr__(self) -> str:
+        return f"<stand-in {self._path}>"
+
+    def __bool__(self) -> bool:
+        _refuse(self._path)
+
+    def __iter__(self):
+        _refuse(self._path)
+
+    def __eq__(self, other):
+        _refuse(self._path)
+
+    __hash__ = object.__hash__
+
+
+class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Makes every `<root>.<anything>` a stand-in module."""
+
+    def __init__(self, root: str):
+        self.root = root
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname.startswith(self.root + "."):
+            return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
+        return None
+
+    def create_module(self, spec):
+        return None  # the default module object
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        _stand_in(module)
+
+
+def _stand_in(module: types.ModuleType) -> None:
+    module.__path__ = []  # a package, so deeper submodules import (through the finder) too
+    module.__getattr__ = lambda name: _name(module.__name__, name)
+
+
+def _name(module: str, name: str):
+    if name.startswith("__"):
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+    return Placeholder(f"{module}.{name}")
+
+
+def install(package: types.ModuleType) -> None:
+    """Turn `package` (a stand-in's `__init__` module) into one that answers any submodule and name."""
+    if not any(isinstance(f, _Finder) and f.root == package.__name__ for f in sys.meta_path):
+        sys.meta_path.append(_Finder(package.__name__))
+    _stand_in(package)

@@ -4,8 +4,9 @@ No torchvision or torchaudio build matches the CPU torch used here, and ComfyUI 
 `from torchvision.ops import roi_align`, `from torchvision.models.optical_flow import raft_large`, ...) for
 models SD1.5 never touches. A stand-in package answers every submodule and every name, so any such import
 succeeds; a name is a `Placeholder` that raises the moment it is used (called, subclassed and instantiated,
-compared, iterated), never a wrong result. The package has no distribution metadata, so libraries that ask
-`importlib.metadata` whether it is installed (transformers does) still see it as absent.
+compared, iterated), never a wrong result. Libraries that probe for the package find it (transformers'
+`is_torchvision_available` looks with find_spec; its version is 0.0.0+hearth.standin, no distribution
+metadata): only paths the SD1.5 tests never take would then reach a placeholder.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from ..core.safetensors_format import DTYPES
 from ..core.sizes import GiB, format_size, parse_size
 from ..planner.detect import Hardware, detect
 from ..planner.plan import LADDER, ModelSpec, Plan, model_spec_from_file, plan
+from ..planner.work import FAMILIES, Work
 
 # --dtype for a SIZE: the weights' safetensors dtype
 _DTYPE_NAMES = {"fp32": "F32", "fp16": "F16", "bf16": "BF16", "fp8": "F8_E4M3"}
@@ -39,6 +40,11 @@ def register(subparsers) -> None:
     p.add_argument("--dtype", choices=tuple(_DTYPE_NAMES), default="fp16", help="weight type, for a SIZE")
     p.add_argument("--kind", choices=("diffusion", "text_encoder"), default="diffusion",
                    help="for a SIZE: text encoders stay 16-bit on CPU, diffusion models become fp32")
+    p.add_argument("--family", choices=tuple(FAMILIES), help="model family: sizes the sampling workspace")
+    p.add_argument("--width", type=int, help="image width in pixels (with --height: the work planned for)")
+    p.add_argument("--height", type=int, help="image height in pixels")
+    p.add_argument("--batch", type=int, default=1, help="images per batch (default 1)")
+    p.add_argument("--frames", type=int, default=1, help="video frames (default 1: an image)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_plan)
 
@@ -98,9 +104,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
         except ValueError:
             print(f"hearth plan: {args.model!r} is neither a file nor a positive size in GB", file=sys.stderr)
             return 2
+    try:
+        work = Work(args.width, args.height, args.batch, args.frames) if args.width or args.height else None
+    except (TypeError, ValueError):
+        print("hearth plan: --width and --height go together, as positive numbers of pixels", file=sys.stderr)
+        return 2
+    if args.family:
+        model = dataclasses.replace(model, family=FAMILIES[args.family])
     hw = _hardware(args)
     try:
-        result = plan(model, hw, budget=args.budget, reserve=args.reserve, strategy=args.strategy)
+        result = plan(model, hw, budget=args.budget, reserve=args.reserve, strategy=args.strategy, work=work)
     except HearthError as exc:
         print(f"hearth plan: {exc.code}: {exc.message}", file=sys.stderr)
         if args.json:

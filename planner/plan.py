@@ -8,17 +8,20 @@ The ladder (each rung is slower and needs less VRAM than the one above):
     sequential  nothing resident: layers streamed one at a time; every weight in RAM
     cpu         weights upcast to fp32 in RAM, as ComfyUI does for the diffusion model on CPU (DESIGN 8a)
 
-Estimates, simple on purpose (each is one constant below):
+Estimates, simple on purpose (each is one constant below or in work.py):
 - Weights on the GPU are 16-bit (ComfyUI casts an fp32 file to fp16/bf16), or FP8 when stored as FP8.
-- Workspace (activations, attention, library buffers): max(0.8 GiB, 10 % of the model at 16 bits).
-  0.8 GiB is ComfyUI's own floor (`minimum_inference_memory`); its per-model estimate
-  (`BaseModel.memory_required`) grows with the latent area and is of the same order at default
-  resolutions (SDXL ~0.5 GiB, FLUX ~2 GiB), which 10 % matches or exceeds. Long videos and large batches
-  need more: raise `reserve`.
-- Largest layer: 2 % of the weights (largest tensor: SD1.5 1.7 %, SDXL 0.6 %, FLUX 0.3 %, Wan 14B 0.5 %).
+- Workspace (activations, attention, library buffers) follows the work, not the weights: ComfyUI's own
+  estimate for the model family and the image or video (work.py). Strategies that keep weights resident
+  reserve at least 0.8 GiB, ComfyUI's own floor (`minimum_inference_memory`), because ComfyUI keeps that
+  much free when it decides how much to load; sequential keeps nothing resident and needs only the work's
+  workspace. Without the work the family's native size at batch 1 is assumed (say so: batches and long
+  videos need more).
+- Largest layer: the model's largest tensor at its GPU width when known (the node and a file's header
+  know it), else 2 % of the weights (largest tensor: SD1.5 1.7 %, SDXL 0.6 %, FLUX 0.3 %, Wan 14B 0.5 %).
   Streaming keeps two layers on the GPU: the one computing and the next one in flight.
 - Partial keeps at least 10 % of the weights resident; with less it streams ~all of them every step,
-  which is what sequential means.
+  which is what sequential means. A card too small for any resident share therefore streams layers
+  (sequential) whenever RAM holds the weights: even at PCIe speed that is far faster than the CPU.
 - Default reserve 1 GiB: ComfyUI's EXTRA_RESERVED_VRAM (400 MiB on Linux, 600-700 MiB on Windows) plus
   the few hundred MiB of CUDA context each process holds.
 - RAM: only what the plan needs while it runs (partial: the streamed part; sequential: all weights, held
@@ -36,13 +39,13 @@ from ..core.errors import BadHeader, HearthError
 from ..core.safetensors_format import DTYPES, read_header
 from ..core.sizes import GiB, format_size
 from .detect import Hardware
+from .work import GENERIC, Family, Work
 
 log = logging.getLogger("hearth.planner")
 
 LADDER = ("full_gpu", "fp8", "partial", "sequential", "cpu")
 DEFAULT_RESERVE = GiB
 WORKSPACE_FLOOR = int(0.8 * GiB)
-WORKSPACE_FRACTION = 0.10
 LAYER_FRACTION = 0.02
 PARTIAL_MIN_FRACTION = 0.10
 
@@ -63,17 +66,23 @@ class ModelSpec:
 
     `weights_bytes` is what must be on the GPU at once (for a checkpoint: its diffusion model);
     `dtype_bytes` is bytes per weight as stored (4 fp32, 2 fp16/bf16, 1 fp8); `kind` "text_encoder"
-    stays 16-bit on CPU, anything else ("diffusion", "vae") is upcast to fp32 there.
+    stays 16-bit on CPU, anything else ("diffusion", "vae") is upcast to fp32 there. `family` sizes the
+    workspace (None: ComfyUI's defaults, work.GENERIC); `largest_bytes` is the largest tensor as stored
+    (None: 2 % of the weights).
     """
 
     weights_bytes: int
     dtype_bytes: int = 2
     kind: str = "diffusion"
     name: str = ""
+    family: Family | None = None
+    largest_bytes: int | None = None
 
     def __post_init__(self):
         if self.weights_bytes <= 0 or self.dtype_bytes not in (1, 2, 4, 8):
             raise ValueError(f"bad model spec: {self.weights_bytes} bytes, {self.dtype_bytes} bytes/weight")
+        if self.largest_bytes is not None and not 0 < self.largest_bytes <= self.weights_bytes:
+            raise ValueError(f"bad model spec: largest tensor {self.largest_bytes} bytes of {self.weights_bytes}")
 
     @property
     def params(self) -> int:
@@ -109,7 +118,7 @@ class _Option:
 class _Situation:
     """One model on one machine: the sizes every strategy is judged by, and one method per strategy."""
 
-    def __init__(self, model: ModelSpec, hw: Hardware, budget: int | None, reserve: int):
+    def __init__(self, model: ModelSpec, hw: Hardware, budget: int | None, reserve: int, work: Work | None):
         self.model, self.hw = model, hw
         self.gpu = hw.accelerators[0] if hw.accelerators else None  # device 0, ComfyUI's default
         free = self.gpu.vram_free if self.gpu else 0
@@ -118,8 +127,14 @@ class _Situation:
         if budget is not None and budget < free - reserve:
             self.usable_why += f", capped by the {format_size(budget)} budget"
         self.weights = model.params * min(model.dtype_bytes, 2)
-        self.workspace = max(WORKSPACE_FLOOR, int(WORKSPACE_FRACTION * model.params * 2))
-        self.layers = 2 * int(LAYER_FRACTION * self.weights)
+        family = model.family or GENERIC
+        self.stream_workspace = family.workspace(work)  # what a run with nothing resident needs
+        self.workspace = max(WORKSPACE_FLOOR, self.stream_workspace)  # with resident weights: ComfyUI's floor
+        self.workspace_why = (f"{format_size(self.stream_workspace)} for {(work or family.native).describe()} "
+                              f"({family.name} estimate{'' if work else ', work not given: assumed'})")
+        largest = (model.largest_bytes // model.dtype_bytes * min(model.dtype_bytes, 2) if model.largest_bytes
+                   else int(LAYER_FRACTION * self.weights))
+        self.layers = 2 * largest
 
     def _gpu_problem(self, streams: bool = False) -> str | None:
         if self.gpu is None:
@@ -172,10 +187,10 @@ class _Situation:
                        resident + self.layers + self.workspace, streamed, resident, problem)
 
     def sequential(self) -> _Option:
-        need = self.layers + self.workspace
+        need = self.layers + self.stream_workspace
         problem = (self._gpu_problem(streams=True)
                    or self._vram_problem(need, f"{format_size(self.layers)} for two streamed layers + "
-                                               f"{format_size(self.workspace)} workspace")
+                                               f"{format_size(self.stream_workspace)} workspace")
                    or (f"needs all {format_size(self.weights)} of weights in RAM, only "
                        f"{format_size(self.hw.ram_available)} available"
                        if self.weights > self.hw.ram_available else None))
@@ -198,11 +213,12 @@ class _Situation:
 
 
 def plan(model: ModelSpec, hardware: Hardware, budget: int | None = None, reserve: int | None = None,
-         strategy: str = "auto") -> Plan:
+         strategy: str = "auto", work: Work | None = None) -> Plan:
     """Pick the best strategy that fits (or check the one asked for) and explain the choice.
 
     `budget`: the most VRAM Hearth may use, in bytes (None: all free VRAM); `reserve`: VRAM left free
-    for everything else (None: 1 GiB). Build `hardware` with `detect()` or `Hardware.profile(...)`.
+    for everything else (None: 1 GiB); `work`: the image or video sampled (None: the model family's
+    native size, batch 1). Build `hardware` with `detect()` or `Hardware.profile(...)`.
     Raises PlanImpossible when nothing fits, or the strategy asked for does not.
     """
     if strategy != "auto" and strategy not in LADDER:
@@ -210,13 +226,13 @@ def plan(model: ModelSpec, hardware: Hardware, budget: int | None = None, reserv
     reserve = DEFAULT_RESERVE if reserve is None else reserve
     if reserve < 0 or (budget is not None and budget < 0):
         raise ValueError("budget and reserve must be >= 0")
-    here = _Situation(model, hardware, budget, reserve)
+    here = _Situation(model, hardware, budget, reserve, work)
     options = here.options()
     fitting = tuple(o.strategy for o in options if o.problem is None)
     name = model.name or f"a {format_size(model.weights_bytes)} model"
     if strategy == "auto":
         if not fitting:
-            raise PlanImpossible(_nothing_fits(name, here, options, model, hardware, reserve))
+            raise PlanImpossible(_nothing_fits(name, here, options, model, hardware, reserve, work))
         strategy = fitting[0]
     chosen = options[LADDER.index(strategy)]
     if chosen.problem:
@@ -239,7 +255,7 @@ def _explain(here: _Situation, chosen: _Option, options: list[_Option]) -> str:
         why_not.setdefault(why, []).append(better.strategy)
     for why, names in why_not.items():
         text += f" Not {' or '.join(names)}: {why}."
-    return text
+    return text + f" Workspace: {here.workspace_why}."
 
 
 def _warnings(here: _Situation, chosen: _Option) -> tuple[str, ...]:
@@ -257,19 +273,19 @@ def _warnings(here: _Situation, chosen: _Option) -> tuple[str, ...]:
 
 
 def _nothing_fits(name: str, here: _Situation, options: list[_Option], model: ModelSpec,
-                  hardware: Hardware, reserve: int) -> str:
+                  hardware: Hardware, reserve: int, work: Work | None) -> str:
     reasons = "; ".join(f"{o.strategy}: {o.problem}" for o in options)
     seq, cpu = options[LADDER.index("sequential")], options[LADDER.index("cpu")]
     fits = (f"It would fit on a CUDA GPU with {format_size(seq.vram + reserve)} free and {format_size(seq.ram)} of RAM "
             f"(sequential), or on the CPU with {format_size(cpu.ram)} of RAM.")
     if here.usable < (here.gpu.vram_free - reserve if here.gpu else 0):
         try:
-            unbudgeted = plan(model, hardware, None, reserve)
+            unbudgeted = plan(model, hardware, None, reserve, work=work)
             fits += f" Without the VRAM budget it would run as {unbudgeted.strategy}."
         except PlanImpossible:
             pass
     return (f"Nothing fits {name} on this hardware (usable VRAM {format_size(here.usable)} = {here.usable_why}; "
-            f"{reasons}). {fits}")
+            f"{reasons}). {fits} Workspace: {here.workspace_why}.")
 
 
 def model_spec_from_file(path: str | os.PathLike) -> ModelSpec:
@@ -277,7 +293,7 @@ def model_spec_from_file(path: str | os.PathLike) -> ModelSpec:
 
     A full checkpoint (keys under `model.diffusion_model.`) is sized by its diffusion model: that is what
     is on the GPU while sampling (ComfyUI runs the text encoders and the VAE before and after it).
-    The dtype is the one holding most bytes. Raises BadHeader for a malformed header (the same validation
+    The dtype is the one holding most bytes; the largest tensor sizes the streamed layers. Raises BadHeader for a malformed header (the same validation
     as the cache's), ValueError when most bytes are not floats (quantized integer formats are beyond this
     planner).
     """
@@ -295,4 +311,5 @@ def model_spec_from_file(path: str | os.PathLike) -> ModelSpec:
     dominant = max(by_dtype, key=lambda k: by_dtype[k])
     if not DTYPES[dominant].is_float:
         raise ValueError(f"{path}: most weights are {dominant}; the planner sizes float weights only")
-    return ModelSpec(sum(by_dtype.values()), DTYPES[dominant].size, "diffusion", os.path.basename(path))
+    return ModelSpec(sum(by_dtype.values()), DTYPES[dominant].size, "diffusion", os.path.basename(path),
+                     largest_bytes=max(e.end - e.begin for e in tensors))

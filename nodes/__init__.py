@@ -46,3 +46,11 @@ def _add_panel_routes() -> None:
 
 
 _add_panel_routes()
+
+
+try:  # ComfyUI's own loaders through Hearth, per the Hearth.StockLoaders setting (stock_loaders.py)
+    from .stock_loaders import install as _install_stock_loaders
+
+    _install_stock_loaders()
+except Exception:  # noqa: BLE001 - never stops the nodes; ComfyUI's loaders then load as usual
+    log.exception("Hearth: could not hook ComfyUI's stock loaders; they load as usual")

@@ -24,6 +24,11 @@ which would round LoRA results to fp16 where stock keeps fp32. Every op whose we
 quantised ops use it): patched values are stored in the dtype stock would store, whichever LoRA node or
 hook patched them, and unpatching restores the shared view. Patched weights are private copies in stock too.
 (Low-VRAM patches apply to the per-op cast weight, already in stock's dtype.)
+
+Which tensors may be assigned: the Hearth Checkpoint Loader assigns every tensor it built from (its own
+fetch, segment or fallback, both copy-on-write). The stock-loader hook (stock_loaders.py) assigns only the
+segment views it handed out (`mark_shared`; views ComfyUI derives from them, e.g. by a reshape, count too,
+through their `_base`); any other tensor in the same build is copied as stock copies it.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import functools
 import logging
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -44,25 +49,82 @@ log = logging.getLogger("hearth.nodes")
 # Widening casts that lose nothing: a weight kept in the narrow dtype and cast per op equals stock's.
 _LOSSLESS = {(torch.float16, torch.float32), (torch.bfloat16, torch.float32)}
 _build_lock = threading.Lock()
+_scope = threading.local()  # .assigner: the scope this thread is building in, if any
+
+# Segment views the stock-loader hook handed out, by the id of their root tensor (a view's `_base`, the
+# tensor over the mapping): id -> (weak reference, segment key). Entries go when the tensor does.
+_shared: dict[int, tuple[weakref.ref, str | None]] = {}
+
+
+def _root(t: torch.Tensor) -> torch.Tensor:
+    return t if t._base is None else t._base
+
+
+def mark_shared(tensors: dict[str, torch.Tensor], key: str | None) -> None:
+    """Record `tensors` (a segment's views) as assignable by a scoped build, with their segment's key."""
+    for t in tensors.values():
+        root = _root(t)
+        i = id(root)
+        # The callback drops the entry only if it is still this tensor's (ids are reused after death).
+        ref = weakref.ref(root, lambda r, i=i: _shared.pop(i) if _shared.get(i, (None,))[0] is r else None)
+        _shared[i] = (ref, key)
+
+
+def is_shared(t: object) -> bool:
+    """Whether `t` is (a view of) a segment view that mark_shared recorded."""
+    if not isinstance(t, torch.Tensor):
+        return False
+    root = _root(t)
+    entry = _shared.get(id(root))
+    return entry is not None and entry[0]() is root
+
+
+def shared_key(tensors: object) -> str | None:
+    """The segment key of a dict whose every tensor came from one recorded segment, else None."""
+    if not isinstance(tensors, dict) or not tensors:
+        return None
+    keys = set()
+    for t in tensors.values():
+        if not is_shared(t):
+            return None
+        keys.add(_shared[id(_root(t))][1])
+    return keys.pop() if len(keys) == 1 else None
+
+
+def holds_shared(*values: object) -> bool:
+    """Whether any value, or any dict in a list of values, holds a recorded view (a build to scope)."""
+    for v in values:
+        if isinstance(v, dict) and any(is_shared(t) for t in v.values()):
+            return True
+        if isinstance(v, (list, tuple)) and holds_shared(*v):
+            return True
+    return False
 
 
 class _Assigner:
-    """The scoped `load_state_dict`."""
+    """The scoped `load_state_dict`; assigns the tensors `assignable` accepts (None: every tensor)."""
 
-    def __init__(self) -> None:
+    def __init__(self, assignable: Callable[[torch.Tensor], bool] | None) -> None:
         self.owner = threading.get_ident()
         self.stock = torch.nn.Module.load_state_dict
+        self.assignable = assignable
         self.narrowed = 0  # parameters kept narrower than stock would store them
 
     def load_state_dict(self, module: torch.nn.Module, state_dict, strict: bool = True, assign: bool = False):
-        if assign or threading.get_ident() != self.owner:
+        if assign or threading.get_ident() != self.owner or (
+                self.assignable is not None and not any(map(self.assignable, state_dict.values()))):
             return self.stock(module, state_dict, strict=strict, assign=assign)
         own = module.state_dict(keep_vars=True)
         given, narrow = dict(state_dict), []
         for key, tensor in state_dict.items():
             target = own.get(key)
-            if target is None or not isinstance(tensor, torch.Tensor) or (
-                    tensor.dtype == target.dtype and tensor.device == target.device):
+            if target is None or not isinstance(tensor, torch.Tensor):
+                continue
+            if self.assignable is not None and not self.assignable(tensor):
+                # Not Hearth's: a private copy in the parameter's dtype, which is what stock's copy_ makes.
+                given[key] = tensor.to(device=target.device, dtype=target.dtype, copy=True)
+                continue
+            if tensor.dtype == target.dtype and tensor.device == target.device:
                 continue
             op_name, _, attr = key.rpartition(".")
             op = module.get_submodule(op_name)
@@ -96,31 +158,41 @@ def _store_patched(op_ref: weakref.ref, attr: str, dtype: torch.dtype, value: to
 
 
 @contextlib.contextmanager
-def _assigning() -> Iterator[_Assigner]:
-    """Install the override around one stock build; builds are serialised so that installs never nest."""
+def assigning(assignable: Callable[[torch.Tensor], bool] | None = None) -> Iterator[_Assigner]:
+    """Install the override around one stock build. Builds are serialised so that installs never nest
+    across threads; on one thread a build inside a build (a checkpoint's VAE) runs in the outer scope."""
+    outer = getattr(_scope, "assigner", None)
+    if outer is not None:
+        yield outer
+        return
     with _build_lock:
-        a = _Assigner()
+        a = _Assigner(assignable)
         # A plain function as the class attribute, so that torch passes the module as the first argument.
         torch.nn.Module.load_state_dict = lambda module, *args, **kw: a.load_state_dict(module, *args, **kw)
+        _scope.assigner = a
         try:
             yield a
         finally:
+            _scope.assigner = None
             torch.nn.Module.load_state_dict = a.stock
 
 
 def build_checkpoint(tensors: dict[str, torch.Tensor], metadata: dict | None,
-                     embedding_directory: list[str] | None) -> tuple:
+                     embedding_directory: list[str] | None, disable_dynamic: bool = False) -> tuple:
     """(MODEL, CLIP, VAE) of a checkpoint's tensors, as CheckpointLoaderSimple gives them.
 
     `tensors` is left intact (the stock function empties the dict it gets, so it gets a shallow copy).
     Should the assigning build fail on some architecture, the plain stock build runs on the same tensors.
+    `disable_dynamic` (ComfyUI 0.28's reload factories ask for it) builds with the classic ModelPatcher.
     """
+    extra = {"disable_dynamic": True} if disable_dynamic else {}  # a keyword 0.3.64 and 0.13 lack
+
     def stock_build():
         return comfy.sd.load_state_dict_guess_config(dict(tensors), output_vae=True, output_clip=True,
                                                      embedding_directory=embedding_directory,
-                                                     metadata=metadata)
+                                                     metadata=metadata, **extra)
     try:
-        with _assigning() as a:
+        with assigning() as a:
             out = stock_build()
     except Exception:
         log.warning("Hearth: building by assignment failed; building the stock way (copies)", exc_info=True)

@@ -2,35 +2,16 @@
 
 from __future__ import annotations
 
-import logging
 import time
 
 import folder_paths
 
-from .lora_patches import patch_set
+from .lora_patches import apply, patch_set
 from .sources import fetch
 from .status import report
 
-log = logging.getLogger("hearth.nodes")
-
 SLOTS = 4
 NONE = "None"
-
-
-def _apply(model, clip, name: str, patches: dict, strength_model: float, strength_clip: float) -> tuple:
-    """Clones of MODEL and CLIP carrying the patches, as `comfy.sd.load_lora_for_models` returns them."""
-    applied: set = set()
-    if model is not None:
-        model = model.clone()
-        applied.update(model.add_patches(patches, strength_model))
-    if clip is not None:
-        clip = clip.clone()
-        applied.update(clip.add_patches(patches, strength_clip))
-    unused = [k for k in patches if k not in applied]
-    if unused:
-        log.warning("Hearth LoRA %s: %d keys match no layer of this model, e.g. %s", name, len(unused),
-                    unused[0])
-    return model, clip
 
 
 class HearthLoraSwapper:
@@ -68,8 +49,8 @@ class HearthLoraSwapper:
                 continue  # LoraLoader returns its inputs for zero strengths too
             t0 = time.perf_counter()
             loaded = fetch("loras", name)
-            patches, reused = patch_set(model, clip, loaded)
-            model, clip = _apply(model, clip, name, patches, strength_model, strength_clip)
+            patches, reused = patch_set(model, clip, loaded.key, loaded.tensors)
+            model, clip = apply(model, clip, name, patches, strength_model, strength_clip)
             report(type(self).__name__, unique_id, "lora", name, loaded, time.perf_counter() - t0,
                    patches_reused=reused)
         return (model, clip)

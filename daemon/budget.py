@@ -1,13 +1,15 @@
 """The RAM budget and eviction: how much the segments may take, and which unheld ones go to make room.
 
-Eviction takes the least recently used segments that are ready, unpinned and unheld. Loop thread only: a
-fill makes its room and registers its entry in one step on the loop (no await between), so two fills can
-never both count on the same free bytes. (room.py then keeps the tmpfs's pages promised to each fill.)
+Eviction takes the least recently used segments that are ready, unpinned and unheld; a fill may rank them
+further (fills.py: what a queued prompt names goes last for a load, never for a background fill). Loop
+thread only: a fill makes its room and registers its entry in one step on the loop (no await between), so
+two fills can never both count on the same free bytes. (room.py then keeps the tmpfs's pages promised to
+each fill.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import psutil
 
@@ -44,12 +46,18 @@ def resolve_budget(setting: str | int | None) -> int:
     return parse_size(setting, total=psutil.virtual_memory().total)
 
 
-def choose_victims(entries: Iterable[Entry], used: int, need: int, budget: int) -> list[Entry] | None:
-    """Least recently used evictable entries whose removal makes `need` fit; None if nothing can."""
+Rank = Callable[[Entry], "int | None"]  # an evictable entry's turn: lower ranks go first; None: never
+
+
+def choose_victims(entries: Iterable[Entry], used: int, need: int, budget: int,
+                   rank: Rank | None = None) -> list[Entry] | None:
+    """Evictable entries, lowest rank and least recently used first, whose removal makes `need` fit; None if
+    nothing can."""
     if used + need <= budget:
         return []
+    ranked = [(r, e) for e in entries if e.evictable and (r := rank(e) if rank else 0) is not None]
     victims, freed = [], 0
-    for e in sorted((e for e in entries if e.evictable), key=lambda e: e.last_use):
+    for _, e in sorted(ranked, key=lambda re: (re[0], re[1].last_use)):
         victims.append(e)
         freed += e.size
         if used - freed + need <= budget:
@@ -57,7 +65,8 @@ def choose_victims(entries: Iterable[Entry], used: int, need: int, budget: int) 
     return None
 
 
-def make_room(entries: Entries, source: SourceId, budget: int, stats: dict[str, int]) -> None:
+def make_room(entries: Entries, source: SourceId, budget: int, stats: dict[str, int],
+              rank: Rank | None = None) -> None:
     """Evict what `source` needs, within the budget and in the tmpfs; OverBudget or ShmFull if it cannot.
 
     Counts the evictions in `stats` (also those done before a ShmFull: they happened).
@@ -67,7 +76,7 @@ def make_room(entries: Entries, source: SourceId, budget: int, stats: dict[str, 
         raise OverBudget(f"{source.path} needs {format_size(need)} but the budget is "
                          f"{format_size(budget)}; raise it with `hearth config budget SIZE`")
     used = entries.used()
-    victims = choose_victims(entries.values(), used, need, budget)
+    victims = choose_victims(entries.values(), used, need, budget, rank)
     if victims is None:
         raise OverBudget(f"{source.path} needs {format_size(need)}; {format_size(used)} of the "
                          f"{format_size(budget)} budget is held or pinned")
@@ -75,7 +84,7 @@ def make_room(entries: Entries, source: SourceId, budget: int, stats: dict[str, 
     # is short, unheld segments make room there too, least recently used first, before refusing.
     room = used + shm_free()
     if room < budget:
-        victims = choose_victims(entries.values(), used, need, room)
+        victims = choose_victims(entries.values(), used, need, room, rank)
         if victims is None:
             raise ShmFull(f"{shm_dir()} has {format_size(shm_free())} free, {source.path} needs "
                           f"{format_size(need)}, and the cached models there are held or pinned; "

@@ -106,6 +106,14 @@ async def preload(request: web.Request) -> web.Response:
     return web.json_response(await request.app[SERVICE].preload(body.get("paths")))
 
 
+async def hold(request: web.Request) -> web.Response:
+    """POST {"hold": prompt id, "paths": [...], "seconds": lifetime, "pid"}: what a queued prompt names is
+    kept and prefetched; "paths": [] drops the hold (holds.py)."""
+    body = await _body(request)
+    return web.json_response(await request.app[SERVICE].hold(body.get("hold"), body.get("paths"), _pid(body),
+                                                             body.get("seconds")))
+
+
 async def evict(request: web.Request) -> web.Response:
     body = await _body(request)
     return web.json_response(request.app[SERVICE].evict(body.get("path"), all=body.get("all") is True,
@@ -175,6 +183,7 @@ def make_app(service: Service, token: str) -> web.Application:
     r.add_post("/v1/acquire", acquire)
     r.add_post("/v1/release", release)
     r.add_post("/v1/preload", preload)
+    r.add_post("/v1/hold", hold)
     r.add_post("/v1/evict", evict)
     r.add_post("/v1/pin", pin)
     r.add_route("GET", "/v1/config", config)

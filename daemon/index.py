@@ -3,15 +3,17 @@
 Segments outlive the daemon (a crash, an upgrade). At start, one of ours is re-adopted only when the index
 names it, its source file is unchanged (same identity, same key) and it still validates; anything else of
 ours there (a `.part` of a fill cut short, a segment not indexed or whose source changed) is removed.
-Only ready entries are saved. `recover` runs in a worker thread before the loop serves anything; `save`
-runs on the loop.
+Ready entries are saved, and beside them the models the index *remembers* (`"resident": false`): those it
+named when their segments were lost (a reboot, a cleared /dev/shm, a damaged segment) and that the warm set
+has not refilled yet (warmset.py), so a daemon stopped before its refill ended still knows them. `recover`
+runs in a worker thread before the loop serves anything; `save` and `forget` run on the loop.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..core.errors import HearthError, SourceChanged
@@ -24,19 +26,45 @@ from .segments import SourceId
 log = logging.getLogger("hearth.index")
 
 
+@dataclass(frozen=True)
+class Remembered:
+    """A model the index knew whose segment is gone: its identity then, and how it was used."""
+
+    source: SourceId
+    hits: int
+    last_use: float
+
+
 class Index:
     def __init__(self, path: Path):
         self.path = path
+        self.remembered: dict[str, Remembered] = {}  # by key; never a key of a live entry
 
     def save(self, entries: dict[str, Entry]) -> None:
         doc = {e.key: {"source": asdict(e.source), "hits": e.hits, "last_use": e.last_use,
                        "created": e.created, "tensors": e.tensors}
                for e in entries.values() if e.state == "ready"}
+        ready = {e.source.path for e in entries.values() if e.state == "ready"}
+        for key, r in list(self.remembered.items()):
+            if r.source.path in ready:  # filled again (this version or a newer one)
+                del self.remembered[key]
+            else:
+                doc[key] = {"source": asdict(r.source), "hits": r.hits, "last_use": r.last_use,
+                            "resident": False}
         write_json_atomic(self.path, doc)
 
+    def forget(self, key: str | None = None, path: str | None = None) -> None:
+        """Drop remembered models by key, by source path, or all (neither given); the next save writes it."""
+        for k, r in list(self.remembered.items()):
+            if (key is None and path is None) or k == key or r.source.path == path:
+                del self.remembered[k]
+
     def recover(self, pinned: list[str]) -> dict[str, Entry]:
-        """Clean up after a previous daemon and re-adopt its valid segments (saved as the new index)."""
+        """Clean up after a previous daemon and re-adopt its valid segments (saved as the new index); what
+        the index named and cannot re-adopt is remembered for the warm set."""
         index = read_json(self.path, {}) or {}
+        if not isinstance(index, dict):
+            index = {}
         keys, parts = segments.list_own()
         for part in parts:
             segments._unlink_quietly(part)
@@ -58,5 +86,14 @@ class Index:
                 hits=int(rec.get("hits", 0)), filled=source.size, tensors=len(header.tensors), fd=fd,
                 pinned=source.path in pinned)
             log.info("re-adopted %s (%s)", source.path, format_size(source.size))
+        self.remembered = {}
+        for key, rec in index.items():
+            if key in adopted:
+                continue
+            try:
+                self.remembered[key] = Remembered(SourceId(**rec["source"]), int(rec.get("hits", 0)),
+                                                  float(rec.get("last_use", 0.0)))
+            except (KeyError, TypeError, ValueError, AttributeError):
+                log.info("index record %s is unreadable; forgotten", key)
         self.save(adopted)
         return adopted

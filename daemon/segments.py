@@ -192,7 +192,7 @@ def _in_room(room: Room, copy: Callable[[int, int, Callable[[int], None]], None]
 
 
 def _parallel(copy: Callable[[int, int, Callable[[int], None]], None], begin: int, size: int,
-              progress: Callable[[int], None], idle_io: bool) -> None:
+              progress: Callable[[int], None], turn: Callable[[], None]) -> None:
     jobs: queue.Queue[tuple[int, int]] = queue.Queue()
     for start in range(begin, size, CHUNK):
         jobs.put((start, min(size, start + CHUNK)))
@@ -206,14 +206,13 @@ def _parallel(copy: Callable[[int, int, Callable[[int], None]], None], begin: in
             progress(total[0])
 
     def worker() -> None:
-        if idle_io:
-            _idle_io_priority()
         while not errors:
             try:
                 start, end = jobs.get_nowait()
             except queue.Empty:
                 return
             try:
+                turn()  # may wait (giving way), raise (aborted), or set this thread's I/O class
                 copy(start, end, done)
             except BaseException as e:  # noqa: BLE001 - handed to the filling thread
                 errors.append(e)
@@ -241,7 +240,7 @@ def _open_direct(source: SourceId) -> int:
 
 
 def _copy(source: SourceId, src_fd: int, dst_fd: int, dst_path: Path, room: Room,
-          progress: Callable[[int], None], idle_io: bool) -> None:
+          progress: Callable[[int], None], turn: Callable[[], None]) -> None:
     """Fill the segment from the source: O_DIRECT where the source's file system allows it (page-aligned
     bulk; the unaligned tail through sendfile), sendfile everywhere else; each range's room is allocated
     right before it is written."""
@@ -250,37 +249,33 @@ def _copy(source: SourceId, src_fd: int, dst_fd: int, dst_path: Path, room: Room
     sendfile = _in_room(room, _sendfile_ranges(src_fd, dst_path))
     direct_fd = _open_direct(source) if aligned else -1
     if direct_fd < 0:
-        _parallel(sendfile, 0, size, progress, idle_io)
+        _parallel(sendfile, 0, size, progress, turn)
         return
     try:
         with mmap.mmap(dst_fd, size) as mm, memoryview(mm) as view:
             try:
-                _parallel(_in_room(room, _direct_ranges(direct_fd, view)), 0, aligned, progress, idle_io)
+                _parallel(_in_room(room, _direct_ranges(direct_fd, view)), 0, aligned, progress, turn)
             except OSError as e:
                 if e.errno != errno.EINVAL:
                     raise
                 log.info("O_DIRECT reads refused for %s; filling through the page cache", source.path)
                 aligned = 0
-        _parallel(sendfile, aligned, size, progress, idle_io)
+        _parallel(sendfile, aligned, size, progress, turn)
     finally:
         os.close(direct_fd)
 
 
-def _idle_io_priority() -> None:
-    try:
-        import psutil
-
-        psutil.Process(threading.get_native_id()).ionice(psutil.IOPRIO_CLASS_IDLE)
-    except Exception:  # noqa: BLE001 - a hint only; not every OS or kernel allows it
-        pass
+def _no_turn() -> None:
+    pass
 
 
 def fill(source: SourceId, progress: Callable[[int], None] = lambda n: None,
-         idle_io: bool = False) -> tuple[int, Header]:
+         turn: Callable[[], None] = _no_turn) -> tuple[int, Header]:
     """Copy `source` into a new segment and publish it; return its open read-only fd and header.
 
-    Raises ShmFull when the tmpfs cannot hold it, SourceChanged when the file changed under the fill,
-    BadHeader when the bytes are not a valid safetensors file. No final name is ever left half-filled.
+    `turn` runs in each copy thread before each range (fills.py: priorities and aborts). Raises ShmFull
+    when the tmpfs cannot hold it, SourceChanged when the file changed under the fill, BadHeader when the
+    bytes are not a valid safetensors file, and what `turn` raises. No final name is ever left half-filled.
     """
     key = source.key
     part = part_path(key)
@@ -290,7 +285,7 @@ def fill(source: SourceId, progress: Callable[[int], None] = lambda n: None,
         try:
             room = Room(dst, source.size, source.path)
             try:
-                _copy(source, src, dst, part, room, progress, idle_io)
+                _copy(source, src, dst, part, room, progress, turn)
             finally:
                 room.close()
             header = read_header(dst, source.path)

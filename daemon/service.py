@@ -24,10 +24,13 @@ from .budget import resolve_budget, shm_free, shm_total, shrink_to_budget
 from .entries import Entries, Entry
 from .events import Events
 from .fills import Fills
+from .holds import Holds, check_request
 from .index import Index
 from .roots import Roots, real_path
 from .segments import SourceId
 from .settings import Settings
+from .slots import PRELOAD
+from .warmset import WarmSet
 
 log = logging.getLogger("hearth.service")
 
@@ -45,7 +48,10 @@ class Service:
         self.entries = Entries(self.events)
         self.allowed = Roots(self.settings)
         self.stats = {"hits": 0, "misses": 0, "fills": 0, "evictions": 0}
-        self.fills = Fills(self.settings, self.entries, self.events, self.index, self.stats, self.budget)
+        self.holds = Holds()
+        self.fills = Fills(self.settings, self.entries, self.events, self.index, self.stats, self.budget,
+                           protected=self.holds.protects)
+        self.warm = WarmSet(self.settings, self.entries, self.index, self.fills, self.resolve, self.budget)
         self._sweeper: asyncio.Task | None = None
         self.strategy: dict | None = None
         self.started = time.time()
@@ -53,16 +59,15 @@ class Service:
     # ---- life cycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Clean up after a previous daemon, re-adopt what is still valid, refill pinned models."""
+        """Clean up after a previous daemon, re-adopt what is still valid, begin the warm set's refill."""
         self.entries.update(await asyncio.to_thread(self.index.recover, self.settings["pinned"]))
         self._sweeper = asyncio.ensure_future(self._sweep_forever())
-        pinned = [p for p in self.settings["pinned"] if os.path.exists(p)]
-        if pinned:
-            await self.preload(pinned)
+        self.warm.start()
 
     async def stop(self) -> None:
         if self._sweeper:
             self._sweeper.cancel()
+        self.warm.stop()
         self.fills.cancel()
         self.index.save(self.entries)
 
@@ -75,7 +80,9 @@ class Service:
                 log.exception("sweep failed")
 
     def sweep(self) -> None:
-        """Drop leases of dead or lapsed clients, free stale segments, notice changed source files."""
+        """Drop leases of dead or lapsed clients and lapsed holds, free stale segments, notice changed
+        source files."""
+        self.holds.sweep()
         if self.entries.sweep():
             self.index.save(self.entries)
 
@@ -125,7 +132,7 @@ class Service:
         if entry is not None and entry.state == "ready":
             return entry, True
         # shield: a client that hangs up must not cancel a fill other clients are waiting for
-        return await asyncio.shield(self.fills.start(source, idle=False)), False
+        return await asyncio.shield(self.fills.start(source)), False
 
     def release(self, key: Any, pid: int | None) -> dict:
         found = [e for e in self.entries.all() if e.key == key]
@@ -137,25 +144,61 @@ class Service:
 
     async def preload(self, paths: Any) -> dict:
         """Queue background fills; answer at once with what was queued and what was refused."""
+        sources, refused = self._resolve_all(paths)
+        for source in sources:
+            self._preload(source)
+        return {"queued": [self._brief(s) for s in sources], "refused": refused}
+
+    def _resolve_all(self, paths: Any) -> tuple[list[SourceId], list[dict]]:
         if isinstance(paths, str):
             paths = [paths]
         if not isinstance(paths, list):
             raise BadRequest("paths must be a list")
-        queued, refused = [], []
+        sources, refused = [], []
         for p in paths:
             try:
-                source = self.resolve(p)
+                sources.append(self.resolve(p))
             except HearthError as e:
                 refused.append({"path": p, **e.to_dict()["error"]})
-                continue
-            queued.append({"path": source.path, "key": source.key, "size": source.size})
-            self.entries.drop_other_versions(source)
+        return sources, refused
+
+    @staticmethod
+    def _brief(source: SourceId) -> dict:
+        return {"path": source.path, "key": source.key, "size": source.size}
+
+    def _preload(self, source: SourceId) -> None:
+        """Start a background fill of `source` unless it is ready."""
+        self.entries.drop_other_versions(source)
+        entry = self.entries.get(source.key)
+        if entry is None or entry.state != "ready":
+            # Registered before the answer goes out, so that a status read right after it shows the file
+            # pending (waiting for a fill slot), not absent.
+            self.fills.start(source, PRELOAD).add_done_callback(self._preload_done)
+
+    async def hold(self, hold_id: Any, paths: Any, pid: int | None = None, seconds: Any = None) -> dict:
+        """Keep what a queued prompt names from eviction (holds.py) and prefetch what is not cached yet.
+
+        Sent again while the prompt waits (it renews the hold, and prefetches what had no room before);
+        `paths` empty drops the hold. A file that has no room without evicting what is held, pinned or
+        kept for another queued prompt is not filled now: it `waits`, and the prompt's loader fills it
+        when it runs.
+        """
+        hold_id, seconds = check_request(hold_id, seconds)
+        if paths in ([], None):
+            return {"hold": hold_id, "released": self.holds.drop(hold_id)}
+        sources, refused = self._resolve_all(paths)
+        self.holds.set(hold_id, [s.path for s in sources], pid, seconds)
+        queued, ready, waits = [], [], []
+        for source in sources:
             entry = self.entries.get(source.key)
-            if entry is None or entry.state != "ready":
-                # Registered before this answer goes out, so that a status read right after it shows the
-                # file pending (waiting for a fill slot), not absent.
-                self.fills.start(source, idle=True).add_done_callback(self._preload_done)
-        return {"queued": queued, "refused": refused}
+            if entry is not None and entry.state == "ready":
+                ready.append(self._brief(source))
+            elif self.fills.get(source.key) is not None or self.fills.would_fit(source, PRELOAD):
+                self._preload(source)
+                queued.append(self._brief(source))
+            else:
+                waits.append(self._brief(source))
+        return {"hold": hold_id, "queued": queued, "ready": ready, "waits": waits, "refused": refused}
 
     @staticmethod
     def _preload_done(task: asyncio.Future) -> None:
@@ -168,7 +211,8 @@ class Service:
         """Remove segments now (by source path, segment key, or all); held ones lose their name at once and
         their memory when let go."""
         targets = list(self.entries.values()) if all else self._entries_for(path, key)
-        if not all and not targets:
+        forgotten = self._forget(path, key, all, targets)
+        if not all and not targets and not forgotten:
             raise NotFound(f"{path if key is None else key} is not in the cache")
         done, pending, filling = [], [], []
         for e in targets:
@@ -182,6 +226,23 @@ class Service:
                 {"path": e.source.path, "key": e.key, "size": e.size, "holders": e.holders()})
         self.index.save(self.entries)
         return {"evicted": done, "pending": pending, "filling": filling}
+
+    def _forget(self, path: Any, key: Any, all: bool, targets: list[Entry]) -> bool:
+        """What the user evicts is not brought back by the warm set either; True if it remembered some."""
+        before = len(self.index.remembered)
+        if all:
+            self.index.forget()
+            self.warm.forget()
+            return before > 0
+        paths = {e.source.path for e in targets}
+        if key is None:
+            paths.add(real_path(path))
+        elif (r := self.index.remembered.get(key)) is not None:
+            paths.add(r.source.path)
+        for p in paths:
+            self.index.forget(path=p)
+            self.warm.forget(p)
+        return len(self.index.remembered) < before
 
     def _entries_for(self, path: Any = None, key: Any = None) -> list[Entry]:
         if key is not None:
@@ -228,6 +289,8 @@ class Service:
                 self.index.save(self.entries)
             if "max_fills" in changes:
                 self.fills.slots.changed()
+            if "warm_set" in changes:
+                self.warm.mode_changed()
         return {**self.settings.values, "budget_bytes": self.budget()}
 
     def set_strategy(self, plan: Any) -> dict:
@@ -246,7 +309,10 @@ class Service:
             "shm": {"dir": str(shm_dir()), "total": shm_total(), "free": shm_free()},
             "stats": dict(self.stats), "strategy": self.strategy, "roots": self.roots(),
             "pending": self.fills.pending(),
+            "fills": self.fills.describe(),
             "failures": list(self.fills.failures.values()),
+            "warm_set": self.warm.status(),
+            "holds": self.holds.describe(),
             "segments": [
                 {"key": e.key, "path": e.source.path, "size": e.size, "state": e.state, "filled": e.filled,
                  "hits": e.hits, "last_use": e.last_use, "pinned": e.pinned, "tensors": e.tensors,

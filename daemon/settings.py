@@ -16,11 +16,17 @@ DEFAULTS: dict[str, Any] = {
     "pinned": [],           # source paths never evicted by LRU, refilled when the daemon starts
     "max_fills": 2,         # concurrent fills of different files
     "autostart": False,     # whether a client inside ComfyUI may start the daemon
+    "warm_set": "on",       # refill the recently used models when the daemon starts: on, paused or off
+    "warm_set_size": "auto",  # how much that refill brings back: a size as the budget's ('auto': the budget)
+    "eager_load": False,    # Hearth's loaders make the weights resident at load time (not at the first step)
 }
+
+WARM_SET_MODES = ("on", "paused", "off")
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 def _check(key: str, value: Any) -> Any:
-    if key == "budget":
+    if key in ("budget", "warm_set_size"):
         if value not in ("auto", None):
             parse_size(value, total=1)  # raises ValueError with a readable message
         return value or "auto"
@@ -38,10 +44,20 @@ def _check(key: str, value: Any) -> Any:
         if not 1 <= value <= 16:
             raise ValueError("max_fills must be a whole number between 1 and 16")
         return value
-    if key == "autostart":
+    if key in ("autostart", "eager_load"):
         if isinstance(value, str):
-            value = value.lower() in ("1", "true", "yes", "on")
+            value = value.lower() in _TRUE
         return bool(value)
+    if key == "warm_set":
+        if isinstance(value, bool):  # `true`/`false` in config.json or a request mean on and off
+            return "on" if value else "off"
+        word = str(value).strip().lower()
+        aliases = {"pause": "paused", "resume": "on", **dict.fromkeys(_TRUE, "on"),
+                   **dict.fromkeys(_FALSE, "off")}
+        word = aliases.get(word, word)
+        if word not in WARM_SET_MODES:
+            raise ValueError(f"warm_set must be one of {', '.join(WARM_SET_MODES)}")
+        return word
     raise ValueError(f"unknown setting {key!r} (known: {', '.join(DEFAULTS)})")
 
 

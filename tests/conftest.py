@@ -21,6 +21,13 @@ import textwrap
 import time
 from pathlib import Path
 
+# The pack is imported the way ComfyUI imports it, from its folder, never pip-installed (harness/pack.py):
+# `import harness` makes `comfyui_hearth` this checkout here and in every process the tests start.
+_ROOT = str(Path(__file__).resolve().parents[1])
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+import harness  # noqa: E402,F401
+
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -126,6 +133,8 @@ def set_mtime_ns(path: Path, mtime_ns: int) -> None:
 class Daemon:
     """One real `hearth daemon --headless` process with its own HEARTH_HOME, models folder and shm folder."""
 
+    ARGS = ("daemon", "--headless")  # the tray tests run it with a tray
+
     def __init__(self, root: Path, shm: Path | None = None, env: dict | None = None, cwd: Path | None = None):
         self.root = root
         self.cwd = cwd  # the daemon's working folder (None: the test's)
@@ -149,7 +158,7 @@ class Daemon:
         self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
         info = self.home / "daemon.json"
         log = open(self.home / "test-daemon.log", "ab")
-        self.proc = subprocess.Popen([PY, "-m", "comfyui_hearth.cli", "daemon", "--headless"], env=self.env,
+        self.proc = subprocess.Popen([PY, "-m", "comfyui_hearth.cli", *self.ARGS], env=self.env,
                                      stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=self.cwd)
         log.close()
         deadline = time.monotonic() + timeout

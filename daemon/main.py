@@ -61,32 +61,29 @@ def run(port: int | None = None, headless: bool = True) -> int:
 
 
 def _make_tray():
-    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-        log.info("no display: running headless (use --headless to say so)")
-        return None
+    """The tray, or None where its modules cannot load (then the daemon runs without one, saying why).
+
+    Which icon it shows, if any, is decided once the server listens (tray.py): where no tray exists it says
+    so in one line, with the panel's address.
+    """
     try:
         from .tray import Tray
 
         return Tray()
-    except Exception as e:  # noqa: BLE001 - any backend failure means no tray, never no daemon
+    except Exception as e:  # noqa: BLE001 - any tray failure means no tray, never no daemon
         log.warning("the tray icon is not available (%s): running headless", e)
         return None
 
 
 def _serve_with_tray(tray, home, token: str, port: int) -> None:
-    """The tray needs the main thread; the server runs on its own thread and loop."""
-    def server() -> None:
+    """The tray lives on the server's loop: it starts once the server listens and closes after it stops."""
+    async def serve() -> None:
         try:
-            asyncio.run(_serve(home, token, port, tray.attach))
+            await _serve(home, token, port, tray.attach)
         finally:
-            tray.icon.stop()
+            await tray.close()
 
-    thread = threading.Thread(target=server, name="hearth-server")
-    thread.start()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: tray.quit())
-    tray.run()
-    thread.join()
+    asyncio.run(serve())
 
 
 async def _serve(home, token: str, port: int, on_ready=None) -> None:

@@ -1,7 +1,14 @@
-"""The tray icon: preload, evict, open the panel, quit, as thin calls into the one Service.
+"""The tray icon: the desktop's view of the one Service (preload, evict, pin, pause, open the panel, quit).
 
-pystray runs on the main thread; the daemon's asyncio loop runs on another, so every action is handed
-to the loop with run_coroutine_threadsafe / call_soon_threadsafe and never touches the Service directly.
+It runs on the daemon's asyncio loop and picks, once the server is up, the first way an icon can be shown:
+1. a StatusNotifierItem on the session bus (tray_sni), when a StatusNotifierWatcher with a host runs there:
+   KDE, XFCE, GNOME with the AppIndicator extension, waybar; X11 or Wayland, with a real menu;
+2. else pystray's XEmbed icon (tray_xembed), when an X display has a system tray: a left click opens the
+   panel, since that tray draws no menu;
+3. else none, said in one log line (why, and where the panel is; never the token). Where a session bus
+   exists the item stays exported there and registers when a watcher appears (a panel that starts after
+   the daemon at login, or restarts).
+The menu is one model (tray_menu) drawn by both backends.
 """
 
 from __future__ import annotations
@@ -9,17 +16,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import threading
 import webbrowser
-from pathlib import Path
 
-from ..core.sizes import format_size
-from ..core.model_files import is_cached_kind
+from ..core.home import ensure_home
+from . import tray_menu
 from .service import Service
+from .tray_menu import Entry
 
 log = logging.getLogger("hearth.tray")
 
-MENU_FILES = 25
+SETTLE_S = 0.5  # a burst of cache events (a preload of many files) rebuilds the menu once
 
 
 def icon_image():
@@ -34,82 +40,169 @@ def icon_image():
     return img
 
 
-def model_files(roots: list[str], limit: int = MENU_FILES) -> list[str]:
-    """The newest model files under the allowed roots, for the Preload menu."""
-    found = []
-    for root in roots:
-        for dirpath, _dirs, files in os.walk(root):
-            found += [os.path.join(dirpath, f) for f in files if is_cached_kind(f)]
-            if len(found) > 20 * limit:
-                break
-    found.sort(key=lambda p: os.stat(p).st_mtime if os.path.exists(p) else 0, reverse=True)
-    return found[:limit]
-
-
 class Tray:
-    """The icon and its menu, attached to a running Service once the daemon is up."""
+    """Attached to the Service once the daemon listens (`attach` is the server's on_ready hook)."""
 
-    def __init__(self):
-        import pystray  # fails without a display server: the caller then runs headless
-
-        self._pystray = pystray
+    def __init__(self) -> None:
+        self.image = icon_image()
         self.service: Service | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.url = ""     # the panel with the token in the fragment, which browsers never send to a server
+        self.panel = ""   # the same without the token, for logs
         self._stop: asyncio.Event | None = None
-        self.url = ""
-        self._quit = threading.Event()
-        self.icon = pystray.Icon("hearth", icon_image(), "Hearth", menu=pystray.Menu(self._items))
+        self._backend = None
+        self._tasks: set[asyncio.Future] = set()
 
     def attach(self, service: Service, loop: asyncio.AbstractEventLoop, stop: asyncio.Event,
                port: int, token: str) -> None:
         self.service, self.loop, self._stop = service, loop, stop
-        # The token travels in the fragment, which browsers never send to a server.
-        self.url = f"http://127.0.0.1:{port}/#token={token}"
-        if self.icon._running:  # before icon.run() the backend has nothing to update; run() shows it
-            self.icon.update_menu()
-        if self._quit.is_set():  # Quit or a signal came before the server was up
-            stop.set()
+        self.panel = f"http://127.0.0.1:{port}/"
+        self.url = f"{self.panel}#token={token}"
+        self._spawn(self._start())
 
-    def _call(self, coro_or_fn, *args) -> None:
-        if self.loop is None:
-            return
-        if asyncio.iscoroutinefunction(coro_or_fn):
-            asyncio.run_coroutine_threadsafe(coro_or_fn(*args), self.loop)
+    def _spawn(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ---- choosing the backend -----------------------------------------------------------------------
+
+    async def _start(self) -> None:
+        why_not = await self._show()
+        if why_not:
+            log.warning("%s", why_not)
+        self._spawn(self._follow())
+
+    async def _show(self) -> str | None:
+        """Start the first backend that can show the icon; None when one does, else the one line why not."""
+        reasons: list[str] = []
+        sni = None
+        from .tray_sni import session_bus_address
+
+        address = session_bus_address()
+        if address is None:
+            reasons.append("no session bus")
         else:
-            self.loop.call_soon_threadsafe(coro_or_fn, *args)
+            sni, why = await self._start_sni(address)
+            if sni is not None and why is None:
+                self._backend = sni
+                log.info("tray: icon shown by the desktop's tray (StatusNotifierItem on the session bus)")
+                return None
+            reasons.append(why)
+        display = os.environ.get("DISPLAY")
+        if display:
+            from .tray_xembed import XembedTray, tray_manager
 
-    async def _snapshot(self) -> tuple[int, int, list[str], list[str]]:
+            present, why = await asyncio.to_thread(tray_manager, display)
+            if present:
+                if sni is not None:  # one icon only, should a host join that watcher later
+                    await sni.close()
+                    sni = None
+                xembed = XembedTray(self.image, self.window_name, self.build, self.activate_threadsafe)
+                try:
+                    await xembed.start()
+                except Exception as e:  # noqa: BLE001 - no icon is never a reason for no daemon
+                    why = f"pystray could not show the XEmbed icon ({type(e).__name__}: {e})"
+                else:
+                    self._backend = xembed
+                    log.info("tray: icon docked in the %s (that tray draws no menu: a left click opens the "
+                             "panel)", why)
+                    return None
+            reasons.append(why)
+        if not (display or os.environ.get("WAYLAND_DISPLAY")) and sni is None:
+            return (f"no desktop session (no DISPLAY, WAYLAND_DISPLAY or session bus): running headless; "
+                    f"the panel is at {self.panel}")
+        self._backend = sni  # still exported: it registers with a watcher that appears later
+        hint = (" (GNOME shows tray icons only with the AppIndicator extension)"
+                if any("no StatusNotifierWatcher" in r for r in reasons) else "")
+        later = "; the icon appears if a tray starts on the session bus" if sni is not None else ""
+        return (f"no system tray: {'; '.join(reasons)}{hint}: running without a tray icon{later}; "
+                f"the panel is at {self.panel}")
+
+    async def _start_sni(self, address: str):
+        """(the item, None) when a host shows it; (the item, why) when it waits for one; (None, why)."""
+        try:
+            from .tray_sni import SniTray
+        except ImportError:
+            return None, "dbus-fast is not installed (pip install dbus-fast), so no StatusNotifierItem"
+        sni = SniTray(address, self.image, self.tooltip, self.build, self.activate, self.open_panel_soon)
+        try:
+            shown, why = await sni.start()
+        except Exception as e:  # noqa: BLE001 - a bus that refuses us: try the next way
+            await sni.close()
+            return None, f"the session bus {address} cannot be used ({type(e).__name__}: {e})"
+        return sni, None if shown else why
+
+    # ---- the menu and its actions -------------------------------------------------------------------
+
+    async def build(self) -> tuple[Entry, ...]:
+        """The menu for the Service's state now (walking the model folders off the loop)."""
         svc = self.service
-        return svc.used(), svc.budget(), sorted(e.source.path for e in svc.entries.values()), svc.roots()
+        cached = {e.source.path for e in svc.entries.values()}
+        recent = await asyncio.to_thread(tray_menu.recent_models, svc.roots(), cached)
+        return tray_menu.build(svc, recent, self.open_panel, self.quit)
 
-    def _items(self):
-        item, menu = self._pystray.MenuItem, self._pystray.Menu
-        if self.service is None:
-            yield item("Hearth is starting...", None, enabled=False)
-            return
-        # Menus are built on the tray's thread; the entries belong to the loop's thread, so ask it.
-        used, budget, cached, roots = asyncio.run_coroutine_threadsafe(self._snapshot(), self.loop).result(5)
-        yield item(f"{format_size(used)} of {format_size(budget)} cached", None, enabled=False)
-        yield item("Open panel", lambda: webbrowser.open(self.url), default=True)
-        to_load = [p for p in model_files(roots) if p not in cached]
-        yield item("Preload", menu(*[item(Path(p).name, self._preloader(p)) for p in to_load]
-                                   or [item("(nothing else in the model folders)", None, enabled=False)]))
-        yield item("Evict", menu(*[item(Path(p).name, self._evicter(p)) for p in cached],
-                                 item("All", lambda: self._call(self.service.evict, None, True))))
-        yield item("Quit", self.quit)
+    def tooltip(self) -> str:
+        return tray_menu.tooltip(self.service)
 
-    def _preloader(self, path: str):
-        return lambda: self._call(self.service.preload, [path])
+    def window_name(self) -> str:
+        """The XEmbed icon's window name, which such trays show as its tooltip: one line."""
+        return f"Hearth: {tray_menu.summary(self.service)}"
 
-    def _evicter(self, path: str):
-        return lambda: self._call(self.service.evict, path)
+    def activate(self, entry: Entry) -> None:
+        """A click, on the loop: run the entry's action, then show the new state."""
+        async def run() -> None:
+            await tray_menu.activate(entry)
+            await self._changed()
 
-    def run(self) -> None:
-        """Block on the tray's event loop (main thread) until quit."""
-        self.icon.run()
+        self._spawn(run())
+
+    def activate_threadsafe(self, entry: Entry) -> None:
+        """A click on pystray's thread."""
+        self.loop.call_soon_threadsafe(self.activate, entry)
+
+    def open_panel_soon(self) -> None:
+        self._spawn(self.open_panel())
+
+    async def open_panel(self) -> None:
+        # webbrowser may wait for the browser command ($BROWSER): never on the loop
+        if not await asyncio.to_thread(webbrowser.open, self.url):
+            log.warning("tray: no web browser could be started; the panel is at %s (its token is in %s)",
+                        self.panel, ensure_home() / "token")
 
     def quit(self) -> None:
-        self._quit.set()
-        if self.loop is not None and self._stop is not None and not self.loop.is_closed():
-            self.loop.call_soon_threadsafe(self._stop.set)
-        self.icon.stop()
+        """Stop the daemon the way SIGTERM does."""
+        log.info("tray: Quit")
+        self._stop.set()
+
+    # ---- keeping it current -------------------------------------------------------------------------
+
+    async def _follow(self) -> None:
+        """Rebuild the menu and tooltip when the cache changes (fill progress alone does not)."""
+        queue = self.service.subscribe()
+        try:
+            while True:
+                event = await queue.get()
+                if event.get("type") == "fill":
+                    continue
+                await asyncio.sleep(SETTLE_S)
+                while not queue.empty():
+                    queue.get_nowait()
+                await self._changed()
+        finally:
+            self.service.unsubscribe(queue)
+
+    async def _changed(self) -> None:
+        if self._backend is None:
+            return
+        try:
+            await self._backend.changed()
+        except Exception as e:  # noqa: BLE001 - a bus or X connection that went away: the daemon goes on
+            log.debug("tray: update failed: %s", e)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._backend is not None:
+            await self._backend.close()
+            self._backend = None

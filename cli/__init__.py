@@ -29,8 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_status)
 
-    pl = sub.add_parser("preload", help="fill models into the cache now")
-    pl.add_argument("paths", nargs="+", metavar="PATH")
+    pl = sub.add_parser("preload", help="fill models into the cache now (files, or what a workflow names)")
+    pl.add_argument("paths", nargs="*", metavar="PATH")
+    pl.add_argument("--workflow", action="append", default=[], metavar="FILE",
+                    help="a saved ComfyUI workflow (UI or API format): preload the models its loaders name")
     pl.add_argument("--no-wait", action="store_true", help="queue and return at once")
     pl.set_defaults(func=cmd_preload)
 

@@ -28,14 +28,25 @@ def cmd_status(args: argparse.Namespace) -> int:
           f"{doc['shm']['dir']}: {format_size(doc['shm']['free'])} free of {format_size(doc['shm']['total'])}")
     s = doc["stats"]
     print(f"hits {s['hits']}, misses {s['misses']}, fills {s['fills']}, evictions {s['evictions']}")
+    warm = doc.get("warm_set")
+    if warm:
+        print(warm["summary"])
+        for skip in warm["skipped"]:
+            why = skip["reason"] if skip["path"] in skip["reason"] else f"{skip['path']}: {skip['reason']}"
+            print(f"  skipped {why}")
+    if doc.get("holds"):
+        print(f"kept for {len(doc['holds'])} queued prompt(s)")
     if doc.get("strategy"):
         st = doc["strategy"]
         print(f"last VRAM strategy: {st.get('strategy')} ({st.get('model', '')})")
     if not doc["segments"]:
         print("no models cached")
+    fills = {f["key"]: f for f in doc.get("fills", [])}
     for seg in doc["segments"]:
         flags = (" pinned" if seg["pinned"] else "") + (f" held by {seg['holders']}" if seg["holders"] else "")
         state = seg["state"] if seg["state"] != "filling" else f"filling {100 * seg['filled'] // max(seg['size'], 1)}%"
+        if seg["state"] == "filling" and (f := fills.get(seg["key"])) and f["state"] == "paused":
+            state = state.replace("filling", "paused")
         print(f"  {format_size(seg['size']):>10}  {state:<12} hits {seg['hits']:<4}{flags}  {seg['path']}")
     return 0
 
@@ -82,12 +93,59 @@ def _progress(conn, queued: list[dict]) -> int:
 
 
 def cmd_preload(args: argparse.Namespace) -> int:
+    if not args.paths and not args.workflow:
+        print("hearth preload: give a PATH or --workflow FILE", file=sys.stderr)
+        return 2
     conn = _conn()
-    answer = conn.post("/v1/preload", {"paths": [os.path.abspath(p) for p in args.paths]})
+    paths = [os.path.abspath(p) for p in args.paths]
+    missing: list[str] = []
+    for wf in args.workflow:
+        found, lost = _workflow_files(conn, wf)
+        paths += [p for p in found if p not in paths]
+        missing += lost
+    answer = conn.post("/v1/preload", {"paths": paths}) if paths else {"queued": [], "refused": []}
     for r in answer["refused"]:
         print(_reason(r["path"], r["message"]), file=sys.stderr)
     failed = 0 if args.no_wait else _progress(conn, answer["queued"])
-    return 1 if answer["refused"] or failed else 0
+    for name in missing:  # on stdout, one per line: what a script would read
+        print(name)
+    if missing:
+        print(f"hearth: {len(missing)} model(s) of the workflow not found under the allowed folders "
+              f"(`hearth config model_dirs`, HEARTH_MODEL_DIRS, or the folders a running ComfyUI registers)",
+              file=sys.stderr)
+    return 1 if answer["refused"] or failed or missing else 0
+
+
+def _workflow_files(conn, workflow: str) -> tuple[list[str], list[str]]:
+    """(files to preload, names not found) of what a workflow's loaders name; ambiguities and pickles are
+    said on stderr."""
+    from ..core.model_files import is_pickle
+    from ..core.workflow import WorkflowError, models_in, read_workflow
+    from .workflow import locate
+
+    try:
+        refs = models_in(read_workflow(workflow))
+    except OSError as e:
+        raise BadRequest(f"{workflow}: {e.strerror}") from None
+    except WorkflowError as e:
+        raise BadRequest(f"{workflow}: {e}") from None
+    roots = conn.get("/v1/roots")["roots"]
+    paths, missing = [], []
+    for ref in refs:
+        found = locate(ref, roots)
+        if not found.paths:
+            missing.append(found.label)
+        elif is_pickle(ref.name):
+            print(f"hearth: {found.label} is a pickle: not cached (ComfyUI loads it as usual)",
+                  file=sys.stderr)
+        else:
+            if len(found.paths) > 1:
+                print(f"hearth: {found.label} is ambiguous; preloading each of {', '.join(found.paths)}",
+                      file=sys.stderr)
+            paths += found.paths
+    if not refs:
+        print(f"hearth: {workflow} names no model file a known loader reads", file=sys.stderr)
+    return paths, missing
 
 
 def cmd_evict(args: argparse.Namespace) -> int:

@@ -172,7 +172,14 @@ class Fills:
         and read in the I/O class its priority asks for."""
         local = threading.local()
 
+        def io_class(priority: int) -> None:
+            idle = priority != URGENT
+            if getattr(local, "idle", False) != idle:
+                _set_io_class(idle)
+                local.idle = idle
+
         def turn() -> None:
+            io_class(f.priority)  # before waiting too: a paused thread is an idle-class one
             with self._cv:
                 while True:
                     if f.aborted:
@@ -181,10 +188,7 @@ class Fills:
                     if not self._gives_way(p):
                         break
                     self._cv.wait()
-            idle = p != URGENT
-            if getattr(local, "idle", False) != idle:
-                _set_io_class(idle)
-                local.idle = idle
+            io_class(p)  # raised while it waited
 
         return turn
 

@@ -12,9 +12,10 @@ against it too). A model that does not fit is left out, and a smaller, older one
   index vouches for the file it filled from, not for whatever lies at that path now. Files are identified
   by that record (device, inode, size, times) instead of the allowed folders, which at boot lack the ones
   ComfyUI processes register while they run; a pinned model without a record is checked as any request.
-- `warm_set` setting: `on`; `paused`: the running refill holds at its next range and nothing new starts;
-  `off`: only pinned models are refilled (pinning asks for that); the others stay remembered and are
-  refilled when it is turned on again, at once or at the next start.
+- `warm_set` setting: `on`; `paused`: the refill under way holds at its next range (paused at start, the
+  first one holds before its first range: it keeps its place, and resumes at once); `off`: only pinned
+  models are refilled (pinning asks for that); the others stay remembered and are refilled when it is
+  turned on again, at once or at the next start.
 
 Progress is in the status document's `warm_set` (its `summary` is one line for the tray and `hearth
 status`). Loop thread only.
@@ -73,7 +74,6 @@ class WarmSet:
         self.done: list[dict] = []
         self.skipped: list[dict] = []
         self._task: asyncio.Task | None = None
-        self._on = asyncio.Event()
         self.started: float | None = None
         self.finished: float | None = None
 
@@ -137,10 +137,6 @@ class WarmSet:
     def _apply_mode(self) -> None:
         mode = self._settings["warm_set"]
         self._fills.pause_warm(mode == "paused")
-        if mode == "paused":
-            self._on.clear()
-        else:
-            self._on.set()
         item = self.current
         if mode == "off" and item is not None and not item.pinned and item.source is not None:
             f = self._fills.get(item.source.key)
@@ -161,7 +157,6 @@ class WarmSet:
     async def _run(self) -> None:
         try:
             while self.queue:
-                await self._on.wait()
                 item = self.queue.pop(0)
                 if self._settings["warm_set"] == "off" and not item.pinned:
                     continue  # stays remembered for when it is turned on again

@@ -3,7 +3,8 @@
 The mapping is MAP_PRIVATE (mmap.ACCESS_COPY): reads share the segment's pages with every other process,
 and a write (ComfyUI patching weights in place) lands in a private page of this process only. While any
 tensor lives, the mapping lives; while the mapping lives, its fd stays open with a shared flock, which is
-how the daemon knows the segment is held. A finalizer on the mapping closes the fd.
+how the daemon knows the segment is held. A finalizer on the mapping closes the fd. Every mapping is known
+to client/pinning.py, which may register it for CUDA when a caller asks, and unregisters it before it goes.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 
 from ..core.safetensors_format import DTYPES, Header, read_header
 from ..core.errors import NotAllowed, SourceChanged
+from . import pinning
 
 # safetensors dtype name -> this torch's dtype, or None where this torch build lacks it.
 TORCH_DTYPES = {name: getattr(torch, d.torch_name, None) for name, d in DTYPES.items()}
@@ -47,7 +49,12 @@ def _header(fd: int, st: os.stat_result, name: str) -> Header:
 
 
 class _Mapping(mmap.mmap):
-    """An mmap that can carry a finalizer (plain mmap objects take weak references too, but not attributes)."""
+    """An mmap that can carry a finalizer (plain mmap objects take weak references too, but not attributes),
+    and that is unregistered from CUDA before it is unmapped: __del__ runs before mmap's own dealloc."""
+
+    def __del__(self):
+        if pinning is not None:  # None only while the interpreter tears modules down
+            pinning.forget(self)
 
 
 def map_segment(path: str, expected_size: int, name: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -73,6 +80,7 @@ def map_segment(path: str, expected_size: int, name: str) -> tuple[dict[str, tor
         os.close(fd)
         return {}, header.metadata
     weakref.finalize(mm, os.close, fd)
+    pinning.track(mm, size, name)
     return _views(mm, header), header.metadata
 
 

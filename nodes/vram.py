@@ -19,13 +19,21 @@ so everything goes through the ModelPatcher's own options and ComfyUI's loader):
 A forced strategy that cannot run here is refused with the planner's reason (a user who forces one wants it
 or to know why not); `auto` never fails a workflow: when nothing fits by Hearth's estimate, or the model is
 under ComfyUI's Dynamic VRAM (which loads on demand by itself), MODEL passes through and the text says so.
+
+What the plan is made from: the model's bytes, dtype and largest tensor (its state dict), its family's
+workspace constants (the live model's `memory_usage_factor` and latent format), this machine as ComfyUI
+sees it, and the work. A MODEL-only node is handed no latent, so the work is read from the queued graph
+(the hidden PROMPT): samplers downstream of this node's MODEL, their `latent_image` followed back to a node
+with literal width and height (EmptyLatentImage, EmptySD3LatentImage, the empty video latents, LatentUpscale:
+batch_size and length when given), the largest if several. A latent from an image (VAEEncode) or a link the
+graph computes stays unknown, and the planner assumes one 1024x1024 image (it says so). The ComfyUI functions
+that differ across releases are called through comfy_features.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import math
 import os
 
 import torch
@@ -34,11 +42,12 @@ import comfy.model_management as mm
 import comfy.patcher_extension
 import comfy.utils
 
-from ..client import report_strategy
-from ..planner import LADDER, Hardware, ModelSpec, Plan, PlanImpossible, plan
+from ..client import pinning, report_strategy
+from ..planner import LADDER, Family, Hardware, ModelSpec, Plan, PlanImpossible, Work, plan
 from ..core.sizes import GiB, format_size, parse_size
 from ..planner.detect import BF16_MIN_CC, FP8_MIN_CC, Accelerator
 from ..core.home import shm_space
+from . import comfy_features
 
 log = logging.getLogger("hearth.nodes")
 
@@ -112,15 +121,18 @@ class HearthVRAMBudget:
     def apply(self, model, budget_gb: str, strategy: str, clip=None, vae=None, unique_id: str | None = None,
               prompt: dict | None = None) -> dict:
         budget = parse_budget(budget_gb)
-        if model.is_dynamic() and strategy != "auto":
+        dynamic = comfy_features.is_dynamic(model)
+        if dynamic and strategy != "auto":
             raise PlanImpossible(f"Hearth VRAM Budget: {strategy} cannot be applied to a model under ComfyUI's "
                                  "Dynamic VRAM (--fast dynamic_vram), which loads weights on demand itself. "
                                  "Set strategy to auto, or start ComfyUI without dynamic_vram.")
         hardware = _hardware(model)
-        spec = _spec(model.model, "diffusion", _source_name(prompt, unique_id) or _architecture(model))
-        chosen, warnings = _choose(spec, hardware, budget, strategy)
+        spec = _spec(model.model, "diffusion", _source_name(prompt, unique_id) or _architecture(model),
+                     _family(model))
+        work = work_from_prompt(prompt, unique_id)
+        chosen, warnings = _choose(spec, hardware, budget, strategy, work)
         out, applied = model, ""
-        if chosen is not None and model.is_dynamic():
+        if chosen is not None and dynamic:
             warnings.append(f"ComfyUI's Dynamic VRAM loads this model on demand; the {chosen.strategy} plan is "
                             "advice only and MODEL is unchanged.")
         elif chosen is not None:
@@ -140,14 +152,16 @@ class HearthVRAMBudget:
                          "strategy": done, "planned": chosen and chosen.strategy, "requested": strategy,
                          "model": spec.name, "architecture": _architecture(model),
                          "weights_bytes": spec.weights_bytes, "budget_bytes": budget,
-                         "device": str(model.load_device), "explanation": about, "warnings": warnings})
+                         "device": str(model.load_device), "explanation": about, "warnings": warnings,
+                         "pinning": pinning.status()})
         return {"ui": {"text": [text]}, "result": (out, text)}
 
 
-def _choose(spec: ModelSpec, hardware: Hardware, budget: int | None, strategy: str) -> tuple[Plan | None, list[str]]:
+def _choose(spec: ModelSpec, hardware: Hardware, budget: int | None, strategy: str,
+            work: Work | None = None) -> tuple[Plan | None, list[str]]:
     """The plan and its warnings; None when `auto` finds nothing that fits. A forced misfit raises."""
     try:
-        chosen = plan(spec, hardware, budget, strategy=strategy)
+        chosen = plan(spec, hardware, budget, strategy=strategy, work=work)
     except PlanImpossible as e:
         if strategy != "auto":
             raise PlanImpossible(f"Hearth VRAM Budget: {e} Set strategy to auto to let Hearth choose.",
@@ -179,10 +193,10 @@ def apply_plan(model, chosen: Plan) -> tuple[object, str]:
     return out, _APPLIED[s].format(**details)
 
 
-def _load_fully(executor, *args, **kwargs):
-    """PREPARE_SAMPLING wrapper: ComfyUI's own load, told not to split the model (full_gpu, fp8)."""
-    kwargs["force_full_load"] = True
-    return executor(*args, **kwargs)
+def _load_fully(executor, model, *args, **kwargs):
+    """PREPARE_SAMPLING wrapper (full_gpu, fp8): ComfyUI's own load, told not to split the model."""
+    _pin_views(model, args[1] if len(args) > 1 else kwargs.get("conds"))
+    return comfy_features.prepare_fully_loaded(executor, model, *args, **kwargs)
 
 
 def _keep_resident(resident: int, executor, model, *args, **kwargs):
@@ -191,11 +205,48 @@ def _keep_resident(resident: int, executor, model, *args, **kwargs):
     ComfyUI's loader takes no per-model weight limit, so each run it may first load what its own rules allow
     (never more than it would without this node) and the excess goes back before the first step.
     """
+    _pin_views(model, args[1] if len(args) > 1 else kwargs.get("conds"))
     result = executor(model, *args, **kwargs)
     excess = model.loaded_size() - resident
     if excess > 0 and model.current_loaded_device() == model.load_device != _CPU:
         model.partially_unload(model.offload_device, excess)
     return result
+
+
+def _pin_views(model, conds) -> None:
+    """Before ComfyUI loads `model` on a CUDA device: its Hearth views registered read-only for CUDA
+    (client/pinning.py), so copies to the GPU read page-locked memory and ComfyUI's own pin_memory, which
+    would pin them writable and so copy every page, skips them. Not when this run writes weights in place
+    (hooks, weight_inplace_update): a registered page written on the CPU would leave the GPU reading the old
+    one, so such a run unregisters them instead. Pages written since an earlier registration undo it too."""
+    if model.load_device.type != "cuda":
+        return
+    views = list(model.model.state_dict().values())
+    pinning.verify_views(views)
+    writer = _writes_in_place(model, conds)
+    if writer:
+        pinning.unregister_views(views, f"this run writes weights in place ({writer})")
+    else:
+        pinning.register_views(views)
+
+
+def _writes_in_place(patcher, conds) -> str | None:
+    """What in this sampling run writes into the model's weights in place, if anything (ComfyUI's writers:
+    the hooks path's copy_to_param, a patcher made with weight_inplace_update)."""
+    if getattr(patcher, "weight_inplace_update", False):
+        return "weight_inplace_update"
+    if getattr(patcher, "hook_patches", None):
+        return "weight hooks on the model"
+    for cond_list in (conds or {}).values():
+        for c in cond_list or ():
+            if isinstance(c, dict) and ("hooks" in c or _control_hooks(c.get("control"))):
+                return "hooks in the conditioning"
+    return None
+
+
+def _control_hooks(control) -> bool:
+    get = getattr(control, "get_extra_hooks", None)
+    return bool(get()) if callable(get) else False
 
 
 def _store_fp8(patcher) -> dict[str, str]:
@@ -234,14 +285,77 @@ def _hardware(patcher) -> Hardware:
         shm_total, shm_free = shm_space()
     except OSError:
         shm_total = shm_free = 0
-    ram_free = mm.get_free_ram() + patcher.model_size() - in_vram
+    ram_free = comfy_features.free_ram() + patcher.model_size() - in_vram
     return Hardware(accelerators, mm.get_total_memory(_CPU), ram_free, shm_total, shm_free, os.cpu_count() or 1)
 
 
-def _spec(module: torch.nn.Module, kind: str, name: str) -> ModelSpec:
-    """The planner's view of a built module: its bytes now and the dtype holding most of its weights."""
-    dtype = comfy.utils.weight_dtype(module.state_dict()) or torch.float16
-    return ModelSpec(max(1, mm.module_size(module)), dtype.itemsize, kind, name)
+def _spec(module: torch.nn.Module, kind: str, name: str, family: Family | None = None) -> ModelSpec:
+    """The planner's view of a built module: its bytes now, the dtype holding most of its weights, its
+    largest tensor (what streaming moves at once)."""
+    sd = module.state_dict()
+    dtype = comfy.utils.weight_dtype(sd) or torch.float16
+    size = max(1, mm.module_size(module))
+    largest = max((t.nbytes for t in sd.values()), default=0)
+    return ModelSpec(size, dtype.itemsize, kind, name, family, min(largest, size) or None)
+
+
+def _family(patcher) -> Family:
+    """The workspace constants of the model itself: ComfyUI's memory_usage_factor and latent downscale
+    (0.3.64's latent formats have no downscale attributes: 8 and 1, as every image model there)."""
+    base = patcher.model
+    fmt = getattr(base, "latent_format", None)
+    return Family(_architecture(patcher), float(getattr(base, "memory_usage_factor", Family.memory_usage_factor)),
+                  int(getattr(fmt, "spacial_downscale_ratio", 8)), int(getattr(fmt, "temporal_downscale_ratio", 1)))
+
+
+def work_from_prompt(prompt: dict | None, node_id: str | None) -> Work | None:
+    """The largest work sampled downstream of `node_id`'s outputs in an API-format graph, or None."""
+    if not prompt or node_id not in prompt:
+        return None
+    consumers: dict[str, list[str]] = {}
+    for nid, node in prompt.items():
+        for value in (node.get("inputs") or {}).values():
+            if _is_link(value):
+                consumers.setdefault(str(value[0]), []).append(str(nid))
+    best, seen, todo = None, {str(node_id)}, [str(node_id)]
+    while todo:  # everything downstream: LoRA and patch nodes, guiders, samplers
+        for nid in consumers.get(todo.pop(), ()):
+            if nid in seen:
+                continue
+            seen.add(nid)
+            todo.append(nid)
+            work = _latent_work(prompt, (prompt[nid].get("inputs") or {}).get("latent_image"))
+            if work and (best is None or _pixels(work) > _pixels(best)):
+                best = work
+    return best
+
+
+def _latent_work(prompt: dict, link, depth: int = 8) -> Work | None:
+    """The work of the latent a link carries: back to the node that sets width and height, if one does;
+    batch and frames from that node, else from the latent it takes in (LatentUpscale keeps the batch)."""
+    if not _is_link(link) or depth <= 0 or str(link[0]) not in prompt:
+        return None
+    inputs = prompt[str(link[0])].get("inputs") or {}
+    upstream = next((inputs[k] for k in ("samples", "latent", "latent_image") if _is_link(inputs.get(k))), None)
+    width, height = inputs.get("width"), inputs.get("height")
+    if not (_is_count(width) and _is_count(height)):
+        return _latent_work(prompt, upstream, depth - 1)
+    batch, frames = inputs.get("batch_size"), inputs.get("length")
+    below = None if _is_count(batch) and _is_count(frames) else _latent_work(prompt, upstream, depth - 1)
+    return Work(width, height, batch if _is_count(batch) else below.batch if below else 1,
+                frames if _is_count(frames) else below.frames if below else 1)
+
+
+def _pixels(work: Work) -> int:
+    return work.width * work.height * work.batch * work.frames
+
+
+def _is_link(value) -> bool:
+    return isinstance(value, list) and len(value) == 2 and isinstance(value[1], int)
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _advice(label: str, part, hardware: Hardware, budget: int | None) -> str:

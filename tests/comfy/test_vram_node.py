@@ -15,6 +15,7 @@ import torch
 
 from harness import graphs
 from harness.checkout import comfy_env
+from harness.pack import import_root
 from harness.server import ComfyError
 
 from .comfy_support import CKPT
@@ -53,6 +54,8 @@ def test_auto_plan_on_cpu_gives_the_image_of_the_graph_without_the_node(comfy, b
     assert f"Hearth VRAM plan for {CKPT}" in text and f"budget {'auto' if budget == 'auto' else '2.5 GiB'}" in text
     assert "Chose cpu" in text and "no GPU" in text, text  # the plan and why not the better ones
     assert "load device is the CPU" in text and "CLIP, " in text and "VAE, " in text, text
+    # The work read from the queued graph (EmptyLatentImage), sized with the model's own ComfyUI constants.
+    assert "Workspace: " in text and "for 64x64, batch 1 (SD15 estimate)" in text, text
 
 
 def test_the_plan_reaches_the_daemon_and_hearth_status(comfy, daemon):
@@ -96,7 +99,7 @@ import comfy.options
 comfy.options.enable_args_parsing()
 import torch, comfy.sd, comfy.model_management as mm, nodes
 from comfy.patcher_extension import WrappersMP
-from comfyui_hearth.nodes.vram import WRAPPER_KEY, HearthVRAMBudget, _choose, apply_plan
+from comfyui_hearth.nodes.vram import WRAPPER_KEY, HearthVRAMBudget, _choose, apply_plan, work_from_prompt
 from comfyui_hearth.planner import LADDER, Hardware, ModelSpec, Plan
 
 model, clip = comfy.sd.load_checkpoint_guess_config(ckpt, output_vae=False, output_clip=True)[:2]
@@ -126,14 +129,31 @@ auto = HearthVRAMBudget().apply(model, "auto", "auto")["result"]
 say(strategy="node auto", text=auto[1], same=torch.equal(sample(auto[0]), reference))
 chosen, warnings = _choose(ModelSpec(2**40), Hardware.profile(0, 2**30), None, "auto")  # 1 TiB in 1 GiB
 say(strategy="nothing fits", plan=chosen, warnings=warnings)
+# The work downstream of node 1's MODEL: a hires fix behind a LoRA (LatentUpscale keeps the batch of 2), an
+# img2img latent (unknown), and a video sampled by another model (not this node's).
+L = lambda node, out=0: [node, out]
+graph = {"1": {"class_type": "HearthVRAMBudget", "inputs": {"model": L("0")}},
+         "2": {"class_type": "LoraLoaderModelOnly", "inputs": {"model": L("1")}},
+         "3": {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 768, "batch_size": 2}},
+         "4": {"class_type": "KSampler", "inputs": {"model": L("2"), "latent_image": L("3")}},
+         "5": {"class_type": "LatentUpscale", "inputs": {"samples": L("4"), "width": 1024, "height": 1536}},
+         "6": {"class_type": "KSampler", "inputs": {"model": L("2"), "latent_image": L("5")}},
+         "7": {"class_type": "VAEEncode", "inputs": {"pixels": L("10"), "vae": L("0", 2)}},
+         "8": {"class_type": "KSampler", "inputs": {"model": L("1"), "latent_image": L("7")}},
+         "9": {"class_type": "EmptyHunyuanLatentVideo", "inputs": {"width": 4096, "height": 4096, "length": 33,
+                                                                  "batch_size": 1}},
+         "11": {"class_type": "KSampler", "inputs": {"model": L("12"), "latent_image": L("9")}}}
+img2img = {k: graph[k] for k in ("1", "7", "8")}
+say(strategy="work", hires=work_from_prompt(graph, "1").__dict__, img2img=work_from_prompt(img2img, "1"),
+    none=work_from_prompt(None, "1"))
 """
 
 
 def run_child(checkout, ckpt, mode: str, home) -> dict[str, dict]:
     """The child's results by strategy; its HEARTH_HOME has no daemon, so the node reports nowhere."""
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(CHILD), mode, str(ckpt)], cwd=checkout,
-                          env=comfy_env(checkout, HEARTH_HOME=str(home)), capture_output=True, text=True,
-                          timeout=900)
+                          env=comfy_env(checkout, [import_root()], HEARTH_HOME=str(home)), capture_output=True,
+                          text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return {d["strategy"]: d for d in map(json.loads, (x for x in proc.stdout.splitlines() if x.startswith("{")))}
 
@@ -150,6 +170,8 @@ def test_every_strategy_applies_to_a_cpu_model(comfy_checkout, models, tmp_path)
     assert got["node auto"]["same"] and "Chose cpu" in got["node auto"]["text"]
     assert got["nothing fits"]["plan"] is None  # auto never fails a workflow: ComfyUI's own management
     assert "ComfyUI's own memory management stays in charge" in got["nothing fits"]["warnings"][0]
+    assert got["work"] == {"strategy": "work", "hires": {"width": 1024, "height": 1536, "batch": 2, "frames": 1},
+                           "img2img": None, "none": None}
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: GPU placement of the strategies not run")

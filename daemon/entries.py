@@ -5,11 +5,13 @@ memory counted until the last holder lets go. Stale entries are kept apart from 
 refill of the same file takes the same key meanwhile.
 
 Loop thread only: fills change their entry on the loop (progress from fill threads arrives through
-`call_soon_threadsafe`), and the sweep runs on the loop too.
+`call_soon_threadsafe`), and the sweep runs on the loop too. The sweep also asks residency.py to lock each
+ready segment in memory (in a worker thread, once per entry); closing an entry lets go of its lock.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -17,7 +19,7 @@ from dataclasses import dataclass, field
 
 import psutil
 
-from . import segments
+from . import residency, segments
 from .events import Events
 from .segments import SourceId
 
@@ -41,6 +43,7 @@ class Entry:
     fd: int = -1
     pinned: bool = False
     leases: dict[int, float] = field(default_factory=dict)
+    memory_lock: residency.MemoryLock | None = None  # None: not asked for yet
 
     @property
     def key(self) -> str:
@@ -63,8 +66,14 @@ class Entry:
             pids.update(segments.holder_pids(self.fd))
         return sorted(pids)
 
+    def memory_lock_state(self) -> dict | None:
+        """For status: whether the daemon holds the segment in RAM against swap, and why not."""
+        return self.memory_lock.to_dict() if self.memory_lock else None
+
     def close(self) -> None:
         """Let go of a segment that is out of the table (its name is gone; its memory goes with this fd)."""
+        if self.memory_lock:
+            self.memory_lock.release()
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -138,4 +147,26 @@ class Entries(dict[str, Entry]):
                 if moved:
                     self.drop(e, f"source file changed on disk ({moved})")
                     changed = True
+                elif e.memory_lock is None and e.fd >= 0:
+                    _lock_in_memory(e)
         return changed
+
+
+def _lock_in_memory(e: Entry) -> None:
+    """Have residency.py lock a ready segment in a worker thread (on a dup of its fd); pending meanwhile."""
+    try:
+        loop = asyncio.get_running_loop()
+        fd = os.dup(e.fd)
+    except (RuntimeError, OSError) as exc:  # not on the loop (a direct sweep): the loop's next one asks
+        log.debug("memory lock of %s not asked now: %s", e.key, exc)
+        return
+    e.memory_lock = residency.MemoryLock(False, "being locked")
+
+    def done(f: asyncio.Future) -> None:
+        got = f.result() if f.exception() is None else residency.MemoryLock(False, f"lock failed: {f.exception()}")
+        if e.fd < 0:  # closed while it was being locked
+            got.release()
+        else:
+            e.memory_lock = got
+
+    loop.run_in_executor(None, residency.lock, fd, e.size).add_done_callback(done)

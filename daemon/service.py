@@ -316,7 +316,7 @@ class Service:
             "segments": [
                 {"key": e.key, "path": e.source.path, "size": e.size, "state": e.state, "filled": e.filled,
                  "hits": e.hits, "last_use": e.last_use, "pinned": e.pinned, "tensors": e.tensors,
-                 "holders": e.holders(), "fill_seconds": e.fill_seconds}
+                 "holders": e.holders(), "fill_seconds": e.fill_seconds, "memory_lock": e.memory_lock_state()}
                 for e in sorted(self.entries.all(), key=lambda e: -e.last_use)],
         }
 

@@ -1,0 +1,100 @@
+"""Keeping segments in RAM against swap: the daemon maps each ready segment read-only and locks the mapping.
+
+tmpfs pages go to swap under memory pressure like anonymous memory; pages of a locked mapping do not. The
+pages are the segment's own (MAP_SHARED, PROT_READ: no copy, nothing writable), shared with every client.
+The kernel counts locked bytes against the daemon's RLIMIT_MEMLOCK (soft limit; CAP_IPC_LOCK lifts it).
+Most logins get 8 MiB (systemd's default since v253; older ones 64 KiB), so by default only segments that
+fit in what is left of it are locked; for every other one status says why not (the limit, what is locked
+already, what the segment needs). The install's login unit raises the limit (LimitMEMLOCK=). On a machine
+without swap a lock changes nothing but the page tables.
+
+`lock` runs in a worker thread (mlock walks every page: seconds for a 23 GB segment) on a dup of the
+segment's fd, so the entry's own fd may close meanwhile; entries.py asks for it from its sweep and lets go
+of it when the entry closes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import mmap
+import os
+import resource
+import threading
+from dataclasses import dataclass
+
+from ..core.sizes import format_size
+
+log = logging.getLogger("hearth.residency")
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.mlock.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
+_lock = threading.Lock()
+_locked_bytes = 0
+
+
+@dataclass
+class MemoryLock:
+    """A segment's lock, or why there is none."""
+
+    locked: bool
+    reason: str | None = None
+    _addr: int | None = None
+    _size: int = 0
+
+    def release(self) -> None:
+        """Unlock and unmap (munmap drops the lock); a segment whose name is gone can then be freed."""
+        global _locked_bytes
+        if self._addr is not None:
+            _libc.munmap(self._addr, self._size)
+            with _lock:
+                _locked_bytes -= self._size
+            self._addr, self.locked = None, False
+
+    def to_dict(self) -> dict:
+        return {"locked": self.locked, "reason": self.reason}
+
+
+def memlock_limit() -> int | None:
+    """The soft RLIMIT_MEMLOCK in bytes; None: unlimited."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def lock(fd: int, size: int) -> MemoryLock:
+    """Map `fd` (a dup of a ready segment's; closed here) shared and read-only, and mlock it within the limit."""
+    global _locked_bytes
+    try:
+        limit = memlock_limit()
+        with _lock:
+            if limit is not None and _locked_bytes + size > limit:
+                return MemoryLock(False, f"RLIMIT_MEMLOCK is {format_size(limit)}, {format_size(_locked_bytes)} "
+                                         f"locked already, this segment needs {format_size(size)}: it may be "
+                                         "swapped out (raise LimitMEMLOCK= in the login unit, or ulimit -l)")
+            _locked_bytes += size  # promised now, so two threads cannot both take the last of the limit
+        addr = _libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        if addr in (None, _MAP_FAILED):
+            return _refused(size, "mmap", ctypes.get_errno())
+        if _libc.mlock(addr, size) != 0:
+            err = ctypes.get_errno()
+            _libc.munmap(addr, size)
+            return _refused(size, "mlock", err)
+        return MemoryLock(True, None, addr, size)
+    finally:
+        os.close(fd)
+
+
+def _refused(size: int, call: str, err: int) -> MemoryLock:
+    global _locked_bytes
+    with _lock:
+        _locked_bytes -= size
+    why = {errno.ENOMEM: "over RLIMIT_MEMLOCK or out of memory", errno.EPERM: "not permitted",
+           errno.EAGAIN: "some pages could not be locked"}.get(err, os.strerror(err))
+    log.info("segment not locked in memory: %s failed: %s", call, why)
+    return MemoryLock(False, f"{call} failed: {why}")

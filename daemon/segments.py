@@ -14,6 +14,7 @@ import logging
 import mmap
 import os
 import queue
+import secrets
 import stat
 import threading
 from collections.abc import Callable
@@ -120,7 +121,25 @@ def segment_path(key: str) -> Path:
 
 
 def part_path(key: str) -> Path:
-    return shm_dir() / f".{prefix()}{key}.{os.getpid()}.part"
+    """A fill's name until it is published. Its random part keeps another user of a shared /dev/shm from
+    planting it ahead (the create is exclusive: a planted name would stop every fill of the key)."""
+    return shm_dir() / f".{prefix()}{key}.{os.getpid()}.{secrets.token_hex(4)}.part"
+
+
+def _not_theirs(key: str, source: SourceId) -> None:
+    """Refuse to fill a key whose final name another user holds: in a sticky /dev/shm the rename that
+    publishes would fail after the whole copy, and no client would map their file anyway."""
+    try:
+        st = os.lstat(segment_path(key))
+    except FileNotFoundError:
+        return
+    if st.st_uid != os.getuid() or not stat.S_ISREG(st.st_mode):
+        raise NotAllowed(_planted(key, source, st.st_uid))
+
+
+def _planted(key: str, source: SourceId, uid: int | str) -> str:
+    return (f"{segment_path(key)} belongs to another user (uid {uid}), so {source.path} cannot be cached; "
+            f"remove that file, or give Hearth a folder of its own (HEARTH_SHM_DIR)")
 
 
 def is_held(fd: int) -> bool:
@@ -278,6 +297,7 @@ def fill(source: SourceId, progress: Callable[[int], None] = lambda n: None,
     bytes are not a valid safetensors file, and what `turn` raises. No final name is ever left half-filled.
     """
     key = source.key
+    _not_theirs(key, source)
     part = part_path(key)
     src = _open_source(source)
     try:
@@ -293,7 +313,10 @@ def fill(source: SourceId, progress: Callable[[int], None] = lambda n: None,
             after = SourceId.of(source.path, os.fstat(src))
             if (mismatch := source.mismatch(after)) is not None:
                 raise SourceChanged(f"{source.path} changed ({mismatch}) while it was being read")
-            os.rename(part, segment_path(key))
+            try:
+                os.rename(part, segment_path(key))
+            except PermissionError:  # planted since the check above, in a sticky folder
+                raise NotAllowed(_planted(key, source, "unknown")) from None
         except BaseException:
             os.close(dst)
             _unlink_quietly(part)
@@ -302,7 +325,7 @@ def fill(source: SourceId, progress: Callable[[int], None] = lambda n: None,
         os.posix_fadvise(src, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(src)
-    ro = os.open(segment_path(key), os.O_RDONLY)
+    ro = os.open(f"/proc/self/fd/{dst}", os.O_RDONLY)  # the inode just published, whatever the name holds now
     os.close(dst)
     return ro, header
 

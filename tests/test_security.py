@@ -29,10 +29,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from conftest import UID, assert_same_tensors, make_model, reference
+from conftest import make_model
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-NOBODY = 65534  # another user, for files "planted" by someone else (the tests run as root and chown)
 
 
 def _refused(answer, status: int, code: str) -> str:
@@ -155,3 +154,115 @@ def test_a_real_browser_page_on_another_origin_gets_nothing(daemon, tmp_path):
     assert "health:unreadable" in said, said
     assert [s["path"] for s in d.status()["segments"]] == [str(model)]  # the evict all did nothing
     assert d.status()["stats"]["evictions"] == 0
+
+
+# ---- names and segments planted in a shared tmpfs by another user ------------------------------------
+
+PLANTER = 65533  # the other user, owner of what is planted
+FOLDER_OWNER = 65532  # /dev/shm belongs to root; here neither to the daemon's user nor to the planter
+CAP_FOWNER, PR_CAPBSET_DROP = 3, 24
+
+
+def _without_cap_fowner() -> None:
+    """(In the child, before exec.) Root without CAP_FOWNER is held to the sticky bit like any user."""
+    import ctypes
+
+    if ctypes.CDLL(None, use_errno=True).prctl(PR_CAPBSET_DROP, CAP_FOWNER, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP, CAP_FOWNER)")
+
+
+def _start_bound_by_the_sticky_bit(d, timeout: float = 20.0) -> None:
+    """Start `d` (a conftest Daemon) as Daemon.start does, but without CAP_FOWNER (see the fixture)."""
+    import json
+    import time
+
+    from conftest import PY
+
+    d.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    info = d.home / "daemon.json"
+    log = open(d.home / "test-daemon.log", "ab")
+    try:
+        d.proc = subprocess.Popen([PY, "-m", "comfyui_hearth.cli", "daemon", "--headless"], env=d.env,
+                                  preexec_fn=_without_cap_fowner, stdin=subprocess.DEVNULL, stdout=log,
+                                  stderr=log)
+    except OSError as e:
+        pytest.skip(f"cannot drop CAP_FOWNER for the daemon: {e}")
+    finally:
+        log.close()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            doc = json.loads(info.read_text())
+            if doc.get("pid") == d.proc.pid:
+                d.port = doc["port"]
+                caps = next(line for line in Path(f"/proc/{d.proc.pid}/status").read_text().splitlines()
+                            if line.startswith("CapEff:"))
+                assert not int(caps.split()[1], 16) & (1 << CAP_FOWNER), caps
+                return
+        except (FileNotFoundError, ValueError):
+            pass
+        assert d.proc.poll() is None, d.log()
+        time.sleep(0.02)
+    raise AssertionError(f"daemon did not start:\n{d.log()}")
+
+
+@pytest.fixture
+def shared_tmpfs_daemon(make_daemon):
+    """A daemon over a sticky, world-writable tmpfs folder owned by someone else: /dev/shm as users share
+    it. The tests run as root, which the sticky bit does not stop; the daemon runs without CAP_FOWNER, so
+    the kernel holds it to the sticky bit as it holds any user (the interpreter lives under /root, which
+    another uid could not even execute)."""
+    d = make_daemon(start=False)
+    os.chown(d.shm, FOLDER_OWNER, FOLDER_OWNER)
+    os.chmod(d.shm, 0o1777)
+    return d
+
+
+def test_names_planted_in_a_shared_tmpfs_by_another_user(shared_tmpfs_daemon):
+    """Another user plants, under the names the daemon will use: A's segment (a valid file of other
+    tensors), C's segment (a symlink to a file of theirs) and D's .part (as this daemon would name it).
+    No load gets the planted tensors: A and C load the stock way with a clear reason, D and E are cached.
+    The daemon answers every acquire with a typed error or the file's own bytes, touches none of the planted
+    files, and starts again beside them."""
+    from comfyui_hearth.daemon.segments import SourceId
+
+    d = shared_tmpfs_daemon
+    a, c, dd, e = (make_model(d.models / f"{n}.safetensors", seed=i) for i, n in enumerate("acde"))
+    theirs = make_model(d.root / "theirs.safetensors", seed=99)
+    os.chown(theirs, PLANTER, PLANTER)
+    _start_bound_by_the_sticky_bit(d)
+    key = {p: SourceId.of(os.path.realpath(p)).key for p in (a, c, dd)}
+    planted = {d.shm / d.seg_name(key[a]): theirs.read_bytes(),
+               d.shm / f".{d.prefix}{key[dd]}.{d.proc.pid}.part": b"planted"}
+    for path, data in planted.items():
+        path.write_bytes(data)
+        os.chown(path, PLANTER, PLANTER)
+    link = d.shm / d.seg_name(key[c])
+    os.symlink(theirs, link)
+    os.lchown(link, PLANTER, PLANTER)
+
+    for p in (a, c, dd, e):
+        status, doc = d.api("POST", "/v1/acquire", {"path": str(p)})
+        assert status != 500 and doc.get("error", {}).get("code") != "internal", (p.name, status, doc)
+        if status == 200:
+            assert Path(doc["segment"]).read_bytes() == p.read_bytes(), p.name
+    rc, said, err = d.run_client(f"""
+    for path in {[str(a), str(c), str(dd), str(e)]!r}:
+        r = load(path)
+        say(name=os.path.basename(path), cached=r.cached, reason=r.reason,
+            same=same(r.tensors, safetensors.torch.load_file(path)))
+    """)
+    assert rc == 0, err
+    got = {s["name"]: s for s in said}
+    assert all(s["same"] for s in said), said
+    assert not got["a.safetensors"]["cached"] and not got["c.safetensors"]["cached"], said
+    assert "another user" in got["a.safetensors"]["reason"], said
+    assert got["d.safetensors"]["cached"] and got["e.safetensors"]["cached"], said
+
+    d.stop()
+    _start_bound_by_the_sticky_bit(d)  # beside files it may neither adopt nor remove
+    assert sorted(s["path"] for s in d.status()["segments"]) == [str(dd), str(e)]
+    for path, data in planted.items():
+        assert path.read_bytes() == data and path.stat().st_uid == PLANTER, path.name
+    assert os.readlink(link) == str(theirs)
+    assert [n for n in os.listdir(d.shm) if n.endswith(".part")] == [p.name for p in planted if p.name.endswith(".part")]

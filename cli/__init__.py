@@ -12,6 +12,7 @@ import sys
 from ..core.errors import HearthError
 from .cache import cmd_config, cmd_evict, cmd_pin, cmd_preload, cmd_status
 from .daemon import cmd_daemon
+from .autostart import register as register_autostart
 from .plan import register as register_plan
 
 
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_config)
 
     register_plan(sub)
+    register_autostart(sub)
     return p
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import psutil
 
 from ..core.errors import BadRequest, HearthError, NotFound, SourceChanged
+from ..core import login_units
 from ..core.home import shm_dir
 from ..core.version import PROTOCOL, __version__
 from . import segments
@@ -293,6 +294,19 @@ class Service:
                 self.warm.mode_changed()
         return {**self.settings.values, "budget_bytes": self.budget()}
 
+    async def autostart(self, enabled: Any = None) -> dict:
+        """Start at login, the panel's toggle: on (True), off (False), or None to read the state. The files are
+        the state (core/login_units.py): `hearth autostart` and the panel always agree."""
+        if enabled is not None and not isinstance(enabled, bool):
+            raise BadRequest("enabled must be true or false")
+        done: list[str] = []
+        if enabled is not None:
+            try:
+                done = await asyncio.to_thread(login_units.enable if enabled else login_units.disable)
+            except OSError as e:
+                raise HearthError(f"start at login: {e.strerror}: {e.filename}") from None
+        return {**login_units.state(), "done": done}
+
     def set_strategy(self, plan: Any) -> dict:
         if not isinstance(plan, dict):
             raise BadRequest("strategy must be an object")
@@ -316,7 +330,7 @@ class Service:
             "segments": [
                 {"key": e.key, "path": e.source.path, "size": e.size, "state": e.state, "filled": e.filled,
                  "hits": e.hits, "last_use": e.last_use, "pinned": e.pinned, "tensors": e.tensors,
-                 "holders": e.holders(), "fill_seconds": e.fill_seconds, "memory_lock": e.memory_lock_state()}
+                 "holders": e.holders(), "fill_seconds": e.fill_seconds}
                 for e in sorted(self.entries.all(), key=lambda e: -e.last_use)],
         }
 

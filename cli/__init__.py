@@ -9,22 +9,36 @@ import argparse
 import logging
 import sys
 
+from ..core.command import PACK_DIR
 from ..core.errors import HearthError
+from ..core.version import __version__
 from .cache import cmd_config, cmd_evict, cmd_pin, cmd_preload, cmd_status
-from .daemon import cmd_daemon
-from .autostart import register as register_autostart
+from .daemon import cmd_daemon, cmd_restart, cmd_start, cmd_stop
 from .plan import register as register_plan
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hearth", description="Hearth: model weights kept warm in shared memory.")
     p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--version", action="version", version=f"hearth {__version__} ({PACK_DIR})")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    d = sub.add_parser("daemon", help="run the daemon (one per user)")
+    d = sub.add_parser("daemon", help="run the daemon in this terminal (one per user)")
     d.add_argument("--headless", action="store_true", help="no tray icon (servers)")
-    d.add_argument("--port", type=int, default=None, help="port on 127.0.0.1 (default $HEARTH_PORT or 7788; 0: any)")
+    d.add_argument("--port", type=int, default=None,
+                   help="port on 127.0.0.1 (default $HEARTH_PORT, else 7788 or any free one if that is taken; 0: any)")
     d.set_defaults(func=cmd_daemon)
+
+    st = sub.add_parser("start", help="start the daemon in the background, where none runs")
+    st.add_argument("--headless", action="store_true", help="no tray icon (servers)")
+    st.set_defaults(func=cmd_start)
+    for name, func, what in (("stop", cmd_stop, "stop the daemon (cached models stay for the next one)"),
+                             ("restart", cmd_restart, "stop the daemon and start this install's")):
+        sp = sub.add_parser(name, help=what)
+        sp.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for the stop (default 15)")
+        if name == "restart":
+            sp.add_argument("--headless", action="store_true", help="no tray icon (servers)")
+        sp.set_defaults(func=func)
 
     s = sub.add_parser("status", help="what is cached, budget, hits")
     s.add_argument("--json", action="store_true")
@@ -47,13 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
         pp.add_argument("path", metavar="PATH")
         pp.set_defaults(func=cmd_pin, pinned=pinned)
 
-    c = sub.add_parser("config", help="show or change settings (budget, model_dirs, max_fills, autostart)")
+    c = sub.add_parser("config", help="show or change settings (budget, model_dirs, max_fills, start_with_comfyui)")
     c.add_argument("key", nargs="?")
     c.add_argument("value", nargs="?")
     c.set_defaults(func=cmd_config)
 
     register_plan(sub)
-    register_autostart(sub)
     return p
 
 

@@ -7,6 +7,7 @@ import json
 import os
 from typing import Any
 
+from ..core.command import hint
 from ..core.errors import DaemonUnavailable, HearthError, from_code
 from ..core.home import daemon_info_path
 from ..core.jsonfile import read_json
@@ -21,6 +22,7 @@ class Connection:
         self.port = int(info["port"])
         self.pid = int(info["pid"])
         self.started = info.get("started")
+        self.version: str | None = info.get("version")  # /v1/health's, once checked
         self.token = token
         self.timeout = timeout
 
@@ -55,18 +57,26 @@ class Connection:
         return self.request("POST", path, body, **kw)
 
 
+def read_info() -> dict | None:
+    """daemon.json as the daemon wrote it (pid, port, version, protocol, started, state), or None."""
+    info = read_json(daemon_info_path())
+    return info if isinstance(info, dict) and "port" in info and "pid" in info else None
+
+
 def connect(timeout: float | None = 10.0, check: bool = True) -> Connection:
     """The running daemon of this user, checked alive and speaking our protocol."""
-    info = read_json(daemon_info_path())
-    if not isinstance(info, dict) or "port" not in info or "pid" not in info:
-        raise DaemonUnavailable("the Hearth daemon is not running (start it with `hearth daemon`)")
+    info = read_info()
+    if info is None:
+        raise DaemonUnavailable(f"the Hearth daemon is not running (start it with `{hint('start')}`)")
     try:
         os.kill(int(info["pid"]), 0)
     except ProcessLookupError:
         raise DaemonUnavailable(f"the Hearth daemon (pid {info['pid']}) is gone; start it with "
-                                f"`hearth daemon`") from None
+                                f"`{hint('start')}`") from None
     except PermissionError:
         pass  # alive, owned by someone else: the token check below decides
+    if info.get("state") == "stopping":
+        raise DaemonUnavailable(f"the Hearth daemon (pid {info['pid']}) is stopping")
     try:
         token = read_token()
     except HearthError as e:
@@ -74,7 +84,9 @@ def connect(timeout: float | None = 10.0, check: bool = True) -> Connection:
     conn = Connection(info, token, timeout)
     if check:
         health = conn.get("/v1/health", timeout=2.0)
+        conn.version = health.get("version")
         if health.get("protocol") != PROTOCOL:
-            raise DaemonUnavailable(f"the daemon speaks protocol {health.get('protocol')}, this client "
-                                    f"{PROTOCOL}: restart the daemon after upgrading")
+            raise DaemonUnavailable(f"the daemon (version {health.get('version')}) speaks protocol "
+                                    f"{health.get('protocol')}, this client {PROTOCOL}: restart it with "
+                                    f"`{hint('restart')}` when no ComfyUI uses it")
     return conn

@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING
 
 from ..core.errors import DaemonUnavailable, HearthError
 from ..core.model_files import is_pickle
-from ..core.home import hearth_home
-from ..core.jsonfile import read_json
+from . import lifecycle
 from .acquire import acquire, release
 from .connection import Connection, connect
 
@@ -32,7 +31,6 @@ log = logging.getLogger("hearth.client")
 _said: set[str] = set()
 _roots: set[str] = set()
 _roots_sent_to: object = None
-_autostart_tried = False
 
 
 @dataclass
@@ -61,30 +59,13 @@ def _connect() -> Connection:
     try:
         conn = connect()
     except DaemonUnavailable:
-        if not _autostart():
+        if not lifecycle.revive():  # where this process keeps the daemon (the pack in ComfyUI): start it
             raise
         conn = connect()
     if _roots and _roots_sent_to != (conn.pid, conn.started):
         conn.post("/v1/roots", {"roots": sorted(_roots)})  # a restarted daemon forgets them
         _roots_sent_to = (conn.pid, conn.started)
     return conn
-
-
-def _autostart() -> bool:
-    """Start the daemon, detached, once per process, only where the user set `autostart` in its config."""
-    global _autostart_tried
-    if _autostart_tried or not (read_json(hearth_home() / "config.json", {}) or {}).get("autostart"):
-        return False
-    _autostart_tried = True
-    from .spawn import start_daemon
-
-    try:
-        start_daemon()
-    except HearthError as e:
-        log.warning("Hearth: autostart of the daemon failed: %s", e.message)
-        return False
-    log.info("Hearth: started the daemon (autostart is on)")
-    return True
 
 
 def _from_daemon(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str], dict]:

@@ -61,6 +61,12 @@ class BadRequest(HearthError):
     code, http_status = "bad_request", 400
 
 
+class Busy(HearthError):
+    """An operation that waits for idleness (replacing an outdated daemon) found a segment held or a fill under way."""
+
+    code, http_status = "busy", 409
+
+
 class DaemonUnavailable(HearthError):
     """The client could not reach a daemon that speaks its protocol."""
 

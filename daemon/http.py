@@ -11,9 +11,10 @@ import asyncio
 import hmac
 import logging
 import os
+import weakref
 from pathlib import Path
 
-from aiohttp import web
+from aiohttp import WSCloseCode, web
 
 from ..core.errors import BadRequest, HearthError, NotAllowed, NotFound, Unauthorized
 from ..core.request_body import json_object
@@ -23,11 +24,13 @@ from .service import Service
 log = logging.getLogger("hearth.http")
 
 MAX_BODY = 1 << 20
+CLOSE_WAIT_S = 0.5  # how long a stop waits for websocket clients to answer its close
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 PUBLIC = {"/v1/health", "/", "/favicon.ico"}
 
 SERVICE = web.AppKey("service", Service)
 TOKEN = web.AppKey("token", str)
+SOCKETS = web.AppKey("sockets", weakref.WeakSet)  # the open events websockets, closed at a stop
 
 
 def _error(err: HearthError) -> web.Response:
@@ -144,10 +147,17 @@ async def roots(request: web.Request) -> web.Response:
     return web.json_response({"roots": svc.roots()})
 
 
+async def shutdown(request: web.Request) -> web.Response:
+    """POST {"unless_busy": bool}: stop the daemon (after this answer); Busy while in use, when asked so."""
+    body = await _body(request)
+    return web.json_response(request.app[SERVICE].shutdown(unless_busy=body.get("unless_busy") is True))
+
+
 async def events(request: web.Request) -> web.WebSocketResponse:
     svc = request.app[SERVICE]
     ws = web.WebSocketResponse(heartbeat=30)
     await ws.prepare(request)
+    request.app[SOCKETS].add(ws)
     queue = svc.subscribe()
 
     async def pump() -> None:
@@ -172,11 +182,26 @@ async def panel(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(page, headers={"Cache-Control": "no-store"})
 
 
+async def _close_sockets(app: web.Application) -> None:
+    """At a stop: aiohttp would wait for every open websocket (ComfyUI's event relay keeps one) to end.
+
+    A close waits for the peer's answer (10 s by default); one that never answers is cut after
+    CLOSE_WAIT_S by the server's shutdown, which cancels its handler."""
+    closing = [ws.close(code=WSCloseCode.GOING_AWAY, message=b"the daemon is stopping") for ws in list(app[SOCKETS])]
+    if closing:
+        try:
+            await asyncio.wait_for(asyncio.gather(*closing, return_exceptions=True), CLOSE_WAIT_S)
+        except asyncio.TimeoutError:
+            log.info("a websocket client did not answer the close; cut")
+
+
 def make_app(service: Service, token: str) -> web.Application:
     """The aiohttp application for one Service, guarded by `token`."""
     app = web.Application(middlewares=[guard], client_max_size=MAX_BODY)
     app[SERVICE] = service
     app[TOKEN] = token
+    app[SOCKETS] = weakref.WeakSet()
+    app.on_shutdown.append(_close_sockets)
     r = app.router
     r.add_get("/v1/health", health)
     r.add_get("/v1/status", status)
@@ -192,6 +217,7 @@ def make_app(service: Service, token: str) -> web.Application:
     r.add_route("POST", "/v1/strategy", strategy)
     r.add_route("GET", "/v1/roots", roots)
     r.add_route("POST", "/v1/roots", roots)
+    r.add_post("/v1/shutdown", shutdown)
     r.add_get("/v1/events", events)
     r.add_get("/", panel)
     if WEB_DIR.is_dir():

@@ -11,13 +11,13 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from ..core.errors import BadRequest, HearthError, NotFound, SourceChanged
-from ..core import login_units
+from ..core.errors import BadRequest, Busy, HearthError, NotFound, SourceChanged
 from ..core.home import shm_dir
 from ..core.version import PROTOCOL, __version__
 from . import segments
@@ -30,7 +30,7 @@ from .index import Index
 from .roots import Roots, real_path
 from .segments import SourceId
 from .settings import Settings
-from .slots import PRELOAD
+from .slots import PRELOAD, WARM
 from .warmset import WarmSet
 
 log = logging.getLogger("hearth.service")
@@ -41,8 +41,9 @@ SWEEP_S = 1.0
 class Service:
     """Acquire, release, preload, evict, pin, config, status, strategy and roots, in one place."""
 
-    def __init__(self, home: Path):
+    def __init__(self, home: Path, request_stop: Callable[[], None] = lambda: None):
         self.home = home
+        self._request_stop = request_stop  # ends the daemon's serving (main.py)
         self.settings = Settings(home / "config.json")
         self.index = Index(home / "index.json")
         self.events = Events()
@@ -71,6 +72,23 @@ class Service:
         self.warm.stop()
         self.fills.cancel()
         self.index.save(self.entries)
+
+    def shutdown(self, unless_busy: bool = False) -> dict:
+        """Stop the daemon; its segments stay in the tmpfs and the next daemon re-adopts them.
+
+        `unless_busy`: refuse (Busy) while a segment is held or leased or a load or preload is filling, checked
+        here on the loop so no acquire slips in between. The pack replaces an outdated daemon only when it is
+        idle. The warm set's refill does not count: the next daemon resumes it from the index.
+        """
+        if unless_busy:
+            held = sorted({pid for e in self.entries.all() for pid in e.holders()})
+            filling = [k for k in self.fills.pending() if (f := self.fills.get(k)) is None or f.priority != WARM]
+            if held or filling:
+                raise Busy(f"the daemon is in use: segments held by {len(held)} process(es) {held[:8]}, "
+                           f"{len(filling)} fill(s) under way")
+        log.info("shutdown requested")
+        self._request_stop()
+        return {"stopping": True, "pid": os.getpid()}
 
     async def _sweep_forever(self) -> None:
         while True:
@@ -294,19 +312,6 @@ class Service:
                 self.warm.mode_changed()
         return {**self.settings.values, "budget_bytes": self.budget()}
 
-    async def autostart(self, enabled: Any = None) -> dict:
-        """Start at login, the panel's toggle: on (True), off (False), or None to read the state. The files are
-        the state (core/login_units.py): `hearth autostart` and the panel always agree."""
-        if enabled is not None and not isinstance(enabled, bool):
-            raise BadRequest("enabled must be true or false")
-        done: list[str] = []
-        if enabled is not None:
-            try:
-                done = await asyncio.to_thread(login_units.enable if enabled else login_units.disable)
-            except OSError as e:
-                raise HearthError(f"start at login: {e.strerror}: {e.filename}") from None
-        return {**login_units.state(), "done": done}
-
     def set_strategy(self, plan: Any) -> dict:
         if not isinstance(plan, dict):
             raise BadRequest("strategy must be an object")
@@ -330,7 +335,7 @@ class Service:
             "segments": [
                 {"key": e.key, "path": e.source.path, "size": e.size, "state": e.state, "filled": e.filled,
                  "hits": e.hits, "last_use": e.last_use, "pinned": e.pinned, "tensors": e.tensors,
-                 "holders": e.holders(), "fill_seconds": e.fill_seconds}
+                 "holders": e.holders(), "fill_seconds": e.fill_seconds, "memory_lock": e.memory_lock_state()}
                 for e in sorted(self.entries.all(), key=lambda e: -e.last_use)],
         }
 

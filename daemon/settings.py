@@ -9,20 +9,21 @@ from typing import Any
 from ..core.errors import BadRequest
 from ..core.jsonfile import read_json, write_json_atomic
 from ..core.sizes import parse_size
+from ..core.switch import OFF_WORDS, ON_WORDS
 
 DEFAULTS: dict[str, Any] = {
     "budget": "auto",       # '12G', '40%' of RAM, bytes, or 'auto' (DESIGN section 5)
     "model_dirs": [],       # extra allowed roots, beside HEARTH_MODEL_DIRS and ComfyUI's folders
     "pinned": [],           # source paths never evicted by LRU, refilled when the daemon starts
     "max_fills": 2,         # concurrent fills of different files
-    "autostart": False,     # whether a client inside ComfyUI may start the daemon
+    "autostart": False,     # start the daemon at login; its start from ComfyUI is start_with_comfyui
+    "start_with_comfyui": True,  # the pack in ComfyUI starts the daemon, or replaces an older one (client/lifecycle.py)
     "warm_set": "on",       # refill the recently used models when the daemon starts: on, paused or off
     "warm_set_size": "auto",  # how much that refill brings back: a size as the budget's ('auto': the budget)
     "eager_load": False,    # Hearth's loaders make the weights resident at load time (not at the first step)
 }
 
 WARM_SET_MODES = ("on", "paused", "off")
-_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 def _check(key: str, value: Any) -> Any:
@@ -44,16 +45,16 @@ def _check(key: str, value: Any) -> Any:
         if not 1 <= value <= 16:
             raise ValueError("max_fills must be a whole number between 1 and 16")
         return value
-    if key in ("autostart", "eager_load"):
+    if key in ("autostart", "eager_load", "start_with_comfyui"):
         if isinstance(value, str):
-            value = value.lower() in _TRUE
+            value = value.lower() in ON_WORDS
         return bool(value)
     if key == "warm_set":
         if isinstance(value, bool):  # `true`/`false` in config.json or a request mean on and off
             return "on" if value else "off"
         word = str(value).strip().lower()
-        aliases = {"pause": "paused", "resume": "on", **dict.fromkeys(_TRUE, "on"),
-                   **dict.fromkeys(_FALSE, "off")}
+        aliases = {"pause": "paused", "resume": "on", **dict.fromkeys(ON_WORDS, "on"),
+                   **dict.fromkeys(OFF_WORDS, "off")}
         word = aliases.get(word, word)
         if word not in WARM_SET_MODES:
             raise ValueError(f"warm_set must be one of {', '.join(WARM_SET_MODES)}")

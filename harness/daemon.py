@@ -31,7 +31,7 @@ class Daemon:
         from comfyui_hearth.client.spawn import start_daemon
 
         self.shm_dir.mkdir(parents=True, exist_ok=True)
-        self.proc = start_daemon(self.env, timeout=30.0)
+        self.proc = start_daemon(self.env, timeout=30.0, headless=True)
         return self
 
     def stop(self) -> None:

@@ -293,11 +293,17 @@ class Daemon:
         return c.finish(timeout)
 
     def cleanup(self) -> None:
+        from comfyui_hearth.client.spawn import lock_holder, wait_stopped
+
         for c in self.clients:
             if c.poll() is None:
                 c.kill()
                 c.wait()
         self.stop()
+        # A daemon this one's HEARTH_HOME got from elsewhere (a client or the CLI started it, detached)
+        if (pid := lock_holder(self.env)) is not None and pid > 0:
+            os.kill(pid, signal.SIGTERM)
+            wait_stopped(self.env, 15)
         shutil.rmtree(self.shm, ignore_errors=True)
 
 

@@ -8,9 +8,7 @@ import json
 import logging
 import os
 import pickle
-import signal
 
-import psutil
 import pytest
 import torch
 from safetensors import SafetensorError, safe_open
@@ -202,33 +200,3 @@ def test_report_strategy_is_a_no_op_when_down(tmp_path, monkeypatch):
 def test_report_strategy_reaches_the_daemon(in_process):
     client.report_strategy({"strategy": "partial", "model": "x"})
     assert in_process.status()["strategy"]["strategy"] == "partial"
-
-
-def test_autostart_starts_the_daemon_once_where_the_user_asked(make_daemon):
-    """With `autostart` on, the first load of a process starts the daemon, detached, and is served by it."""
-    d = make_daemon(start=False)
-    d.home.mkdir(parents=True, mode=0o700)
-    (d.home / "config.json").write_text(json.dumps({"autostart": True}))
-    path = make_model(d.models / "auto.safetensors", seed=9)
-    code, lines, err = d.run_client(f"""
-        r = load({str(path)!r})
-        say(cached=r.cached, reason=r.reason)
-    """)
-    assert code == 0, err
-    assert lines == [{"cached": True, "reason": None}], err
-    info = json.loads((d.home / "daemon.json").read_text())
-    try:
-        assert psutil.pid_exists(info["pid"])
-    finally:
-        os.kill(info["pid"], signal.SIGTERM)
-
-
-def test_no_autostart_by_default(make_daemon):
-    d = make_daemon(start=False)
-    path = make_model(d.models / "manual.safetensors", seed=9)
-    code, lines, err = d.run_client(f"""
-        r = load({str(path)!r})
-        say(cached=r.cached)
-    """)
-    assert code == 0 and lines == [{"cached": False}], err
-    assert not (d.home / "daemon.json").exists()

@@ -168,5 +168,6 @@ async def activate(entry: Entry) -> None:
     except Exception:  # noqa: BLE001 - a menu click must never take the daemon down
         log.exception("tray: %s failed", entry.label)
         return
-    for refused in (result or {}).get("refused", []) if isinstance(result, dict) else []:
-        log.warning("tray: %s: %s", entry.label, refused.get("message"))
+    if isinstance(result, dict):  # a preload or pin answers with the files it refused, and why
+        for refused in result.get("refused", []):
+            log.warning("tray: %s: %s", entry.label, refused.get("message"))

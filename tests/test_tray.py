@@ -284,11 +284,12 @@ class Host:
         walk(layout, "")
         return out
 
-    async def click(self, name: str, *labels: str) -> None:
-        """Click the entry under the labels given (each the start of a label: sizes follow names)."""
+    async def click(self, name: str, *labels: str, menu: dict | None = None) -> None:
+        """Click the entry under the labels given (each the start of a label: sizes follow names), in the
+        menu as it is now, or in `menu` as the host read it earlier."""
         from dbus_fast import Variant
 
-        menu = await self.menu(name)
+        menu = menu or await self.menu(name)
         found = [i for path, (i, _p) in menu.items()
                  if len(parts := path.split("/")) == len(labels)
                  and all(p.startswith(l) for p, l in zip(parts, labels))]
@@ -362,6 +363,12 @@ def test_sni_icon_and_menu_drive_the_daemon(tmp_path, xfce, daemons):
             await host.click(name, "Evict", "a.safetensors")
             wait(lambda: segment(d, a) is None, "the eviction from the menu")
             assert d.ok("GET", "/v1/config")["pinned"] == []  # evicting a pinned model unpins it
+
+            gone = make_model(d.models / "gone.safetensors", seed=3)
+            menu = await host.menu(name)
+            gone.unlink()  # between the menu's opening and the click: a refusal, said in one line
+            await host.click(name, "Preload", "gone.safetensors", menu=menu)
+            wait(lambda: any("tray: gone.safetensors" in line for line in d.tray_lines()), "the refusal's line")
 
             await host.click(name, "Open panel")
             urls = wait(d.urls, "the browser to be started")

@@ -12,6 +12,7 @@ import sys
 from ..core.command import PACK_DIR
 from ..core.errors import HearthError
 from ..core.version import __version__
+from .autostart import register as register_autostart
 from .cache import cmd_config, cmd_evict, cmd_pin, cmd_preload, cmd_status
 from .daemon import cmd_daemon, cmd_restart, cmd_start, cmd_stop
 from .plan import register as register_plan
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_config)
 
     register_plan(sub)
+    register_autostart(sub)
     return p
 
 

@@ -19,9 +19,10 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from collections.abc import Mapping
 from pathlib import Path
+
+from .command import launcher_argv
 
 UNIT = "comfyui-hearth.service"
 DESKTOP = "comfyui-hearth.desktop"
@@ -30,8 +31,9 @@ HEADER = "Written by `hearth autostart on` (comfyui-hearth); `hearth autostart o
 
 
 def daemon_argv() -> list[str]:
-    """The command line that starts a daemon at login: this Python, this pack."""
-    return [sys.executable, "-m", "comfyui_hearth.cli", "daemon"]
+    """The command line that starts a daemon at login: this Python, this pack's launcher (hearth.py), which
+    imports the pack from its own folder, so no pip install and no PYTHONPATH is needed."""
+    return launcher_argv("daemon")
 
 
 def _config_home(env: Mapping[str, str]) -> Path:

@@ -17,6 +17,7 @@ from typing import Any
 
 import psutil
 
+from ..core import login_units
 from ..core.errors import BadRequest, Busy, HearthError, NotFound, SourceChanged
 from ..core.home import shm_dir
 from ..core.version import PROTOCOL, __version__
@@ -311,6 +312,19 @@ class Service:
             if "warm_set" in changes:
                 self.warm.mode_changed()
         return {**self.settings.values, "budget_bytes": self.budget()}
+
+    async def autostart(self, enabled: Any = None) -> dict:
+        """Start at login, the panel's toggle: on (True), off (False), or None to read the state. The files are
+        the state (core/login_units.py): `hearth autostart` and the panel always agree."""
+        if enabled is not None and not isinstance(enabled, bool):
+            raise BadRequest("enabled must be true or false")
+        done: list[str] = []
+        if enabled is not None:
+            try:
+                done = await asyncio.to_thread(login_units.enable if enabled else login_units.disable)
+            except OSError as e:
+                raise HearthError(f"start at login: {e.strerror}: {e.filename}") from None
+        return {**login_units.state(), "done": done}
 
     def set_strategy(self, plan: Any) -> dict:
         if not isinstance(plan, dict):

@@ -80,17 +80,28 @@ class ComfyServer:
     """One ComfyUI process; use as a context manager, or start() and stop()."""
 
     def __init__(self, checkout: Path, base: Path, extra_model_paths: Path, env: dict[str, str | None],
-                 extra_args: tuple[str, ...] = ()):
+                 extra_args: tuple[str, ...] = (), pack: Path | None = REPO):
+        """`pack`: the folder linked as custom_nodes/comfyui-hearth (None: the pack comes some other way, e.g.
+        a custom_nodes folder the extra_model_paths YAML names)."""
         self.checkout, self.base, self.extra_model_paths = checkout, base, extra_model_paths
-        self.env_overrides, self.extra_args = env, extra_args
+        self.env_overrides, self.extra_args, self.pack = env, extra_args, pack
         self.port = 0
         self.proc: subprocess.Popen | None = None
         self.client_id = uuid.uuid4().hex
 
     @classmethod
-    def with_hearth(cls, checkout: Path, base: Path, extra_model_paths: Path, hearth_home: Path) -> ComfyServer:
-        """ComfyUI with the pack, whose client uses the daemon of `hearth_home` (and is not disabled)."""
-        return cls(checkout, base, extra_model_paths, {"HEARTH_HOME": str(hearth_home), "HEARTH_DISABLE": None})
+    def with_hearth(cls, checkout: Path, base: Path, extra_model_paths: Path, hearth_home: Path,
+                    stock_loaders: bool = False, start_daemon: bool = False) -> ComfyServer:
+        """ComfyUI with the pack, whose client uses the daemon of `hearth_home` (and is not disabled).
+
+        `stock_loaders` sets Hearth.StockLoaders (HEARTH_STOCK_LOADERS): off by default here, so that the
+        stock graphs a test renders in this process as its reference stay ComfyUI's own loads.
+        `start_daemon` (HEARTH_START_DAEMON): off by default here, so that a test's stopped daemon stays
+        stopped (the pack would start it again); the life-cycle tests turn it on.
+        """
+        return cls(checkout, base, extra_model_paths, {"HEARTH_HOME": str(hearth_home), "HEARTH_DISABLE": None,
+                                                       "HEARTH_STOCK_LOADERS": "1" if stock_loaders else "0",
+                                                       "HEARTH_START_DAEMON": "1" if start_daemon else "0"})
 
     @classmethod
     def stock(cls, checkout: Path, base: Path, extra_model_paths: Path) -> ComfyServer:
@@ -113,8 +124,8 @@ class ComfyServer:
         nodes = self.base / "custom_nodes"
         nodes.mkdir(parents=True, exist_ok=True)
         link = nodes / PACK_NAME
-        if not link.is_symlink():
-            link.symlink_to(REPO, target_is_directory=True)
+        if self.pack is not None and not link.is_symlink():
+            link.symlink_to(self.pack, target_is_directory=True)
         self.port = free_port()
         cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
                "--disable-auto-launch", "--disable-api-nodes", "--base-directory", str(self.base),

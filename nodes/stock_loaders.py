@@ -148,7 +148,9 @@ def _lora(stock):
         key = build.shared_key(lora)
         if key is None or args or set(kwargs) - {"lora_metadata"}:
             return stock(model, clip, lora, strength_model, strength_clip, *args, **kwargs)
-        patches, _ = lora_patches.patch_set(model, clip, key, lora)
+        patches, reused = lora_patches.patch_set(model, clip, key, lora)
+        if reused:
+            log.info("Hearth LoRA of segment %s: patches reused", key)
         return lora_patches.apply(model, clip, key, patches, strength_model, strength_clip,
                                   lora_metadata=kwargs.get("lora_metadata"))
 

@@ -266,6 +266,8 @@ class Service:
 
     def _entries_for(self, path: Any = None, key: Any = None) -> list[Entry]:
         if key is not None:
+            if not isinstance(key, str):  # a list or an object would reach the index's dict (unhashable)
+                raise BadRequest("key must be a segment's key, a string")
             return [e for e in self.entries.values() if e.key == key]
         real = real_path(path)
         return [e for e in self.entries.values() if e.source.path == real]

@@ -235,6 +235,7 @@ def test_hostile_acquire_bodies(shared_daemon, body, status, code):
     ("POST", "/v1/config", b'{"max_fills": 1e999}'),  # an infinite float, which int() cannot take
     ("POST", "/v1/config", b'{"max_fills": Infinity}'),  # not JSON, though Python's parser takes it
     ("POST", "/v1/acquire", b"[" * 100_000 + b"]" * 100_000),  # deeper than the parser's recursion limit
+    ("POST", "/v1/evict", b'{"key": []}'),  # unhashable, for the warm set's memory of evicted keys
 ])
 def test_hostile_request_bodies(shared_daemon, method, path, raw):
     daemon = shared_daemon

@@ -8,7 +8,7 @@ Doors (generators and checks in harness/fuzz/, the same the tests run; why Hypot
   harness.fuzz.header.check: no exception but BadHeader, nothing accepted that the stock load refuses, no
   tensor or metadata that differs from the stock load's, every refusal one line naming the file.
 - api: every case a request to one real daemon on loopback (several client processes at once), held to
-  the API's contract by harness.fuzz.api: no 5xx but 507, no "internal" error, an answer within 20 s,
+  the API's contract by harness.fuzz.api: no 5xx but 502 and 507, no "internal" error, an answer within 20 s,
   acquired segments byte-exact; the daemon answers its health route every 250 cases; after the run its
   cache is emptied and nothing may remain (tmpfs names, descriptors).
 
@@ -263,7 +263,8 @@ def report(results: dict) -> str:
         if door == "api":
             lines.append(f"- daemon alive after the run: {r['daemon_alive']}, exit code on SIGTERM: "
                          f"{r['daemon_exit']}, internal errors in its log: {r['daemon_internal']} (aiohttp's own "
-                         f"'Unhandled exception' for bodies it could not decode: {r['aiohttp_unhandled']}), leaks after "
+                         f"'Unhandled exception' for bodies it could not decode: {r['aiohttp_unhandled']}), "
+                         f"leaks after "
                          f"emptying the cache: {r['leaks']} (daemon descriptors {r['fds']['before']} before, "
                          f"{r['fds']['after']} after)")
         for v in r["violations"][:20]:

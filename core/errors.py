@@ -49,6 +49,13 @@ class SourceChanged(HearthError):
     code, http_status = "source_changed", 409
 
 
+class SourceUnreadable(HearthError):
+    """Reading the source file failed (EIO from a failing disk, a network or FUSE file system): the file
+    system, which the daemon reads on the caller's behalf, answered with an error (hence a gateway status)."""
+
+    code, http_status = "source_unreadable", 502
+
+
 class NotFound(HearthError):
     code, http_status = "not_found", 404
 

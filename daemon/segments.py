@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..core.errors import NotAllowed, NotFound, SourceChanged
+from ..core.errors import NotAllowed, NotFound, ShmFull, SourceChanged, SourceUnreadable
 from ..core.home import hearth_home, shm_dir
 from ..core.safetensors_format import Header, read_header
 from .room import Room
@@ -293,8 +293,9 @@ def fill(source: SourceId, progress: Callable[[int], None] = lambda n: None,
     """Copy `source` into a new segment and publish it; return its open read-only fd and header.
 
     `turn` runs in each copy thread before each range (fills.py: priorities and aborts). Raises ShmFull
-    when the tmpfs cannot hold it, SourceChanged when the file changed under the fill, BadHeader when the
-    bytes are not a valid safetensors file, and what `turn` raises. No final name is ever left half-filled.
+    when the tmpfs cannot hold it, SourceChanged when the file changed under the fill, SourceUnreadable
+    when reading it fails, BadHeader when the bytes are not a valid safetensors file, and what `turn`
+    raises. No final name is ever left half-filled.
     """
     key = source.key
     _not_theirs(key, source)
@@ -306,6 +307,10 @@ def fill(source: SourceId, progress: Callable[[int], None] = lambda n: None,
             room = Room(dst, source.size, source.path)
             try:
                 _copy(source, src, dst, part, room, progress, turn)
+            except OSError as e:  # EIO from a failing disk, a FUSE or network file system that went wrong
+                if e.errno in (errno.ENOSPC, errno.EFBIG):
+                    raise ShmFull(f"{shm_dir()} ran out of room while {source.path} was copied there") from None
+                raise SourceUnreadable(f"{source.path} could not be read ({e.strerror})") from None
             finally:
                 room.close()
             header = read_header(dst, source.path)

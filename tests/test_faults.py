@@ -193,12 +193,14 @@ def test_daemon_killed_during_an_eviction(make_daemon):
     code, said, err = d.run_client(f"""
     sys.path.insert(0, {TESTS!r})
     from conftest import sample_tensors
+    def small(r):
+        return {{k: v for k, v in r.tensors.items() if k != "model.big"}}
     ra = load({str(a)!r})
-    say(cached=ra.cached, same=same({{k: v for k, v in ra.tensors.items() if k != "model.big"}}, sample_tensors(5, 256)))
+    say(cached=ra.cached, same=same(small(ra), sample_tensors(5, 256)))
     del ra
     import gc; gc.collect()
     rb = load({str(b)!r})
-    say(cached=rb.cached, same=same({{k: v for k, v in rb.tensors.items() if k != "model.big"}}, sample_tensors(6, 256)))
+    say(cached=rb.cached, same=same(small(rb), sample_tensors(6, 256)))
     """)
     assert code == 0 and said == [{"cached": True, "same": True}] * 2, (said, err)
     _assert_nothing_left(d)
@@ -260,9 +262,15 @@ def test_tmpfs_filling_up_mid_fill(make_daemon, tmpfs):
     c.tell()
     _frozen_mid_fill(d)
     try:
-        free = os.statvfs(tmpfs).f_bavail * os.statvfs(tmpfs).f_frsize
-        with open(tmpfs / "hog", "wb") as f:  # someone else's file: all but 1 MiB of the room left
-            os.posix_fallocate(f.fileno(), 0, free - MB)
+        with open(tmpfs / "hog", "wb") as f:  # someone else's file takes every page left, a MiB at a time
+            taken = 0
+            while True:
+                try:
+                    os.posix_fallocate(f.fileno(), taken, MB)
+                except OSError:
+                    break
+                taken += MB
+        assert taken, "the fill had already taken the whole tmpfs"
     finally:
         d.proc.send_signal(signal.SIGCONT)
     rc, out, err = c.finish()
@@ -323,4 +331,50 @@ def test_source_changed_mid_fill(daemon, change):
     assert not [n for n in d.shm_names() if n.endswith(".part")]
     if change is not _rewrite:
         assert d.status()["segments"] == []
+    _assert_nothing_left(d)
+
+
+# ---- a read error from the source --------------------------------------------------------------------
+
+@pytest.fixture
+def flaky_disk(tmp_path):
+    """A model file on a FUSE mount of this process whose middle reads fail with EIO while `failing`."""
+    from fusefile import FuseFile
+
+    mnt = tmp_path / "flaky"
+    mnt.mkdir()
+    source = make_model(tmp_path / "m.safetensors", seed=10, numel=1 << 20)  # 4 MiB and a few small ones
+    data = source.read_bytes()
+    disk = FuseFile(mnt, "m.safetensors", data, bad=(len(data) // 2, len(data) // 2 + 4096))
+    try:
+        disk.mount_it()
+    except OSError as e:
+        pytest.skip(f"cannot mount a FUSE file system here: {e}")
+    yield disk, source
+    disk.unmount()
+
+
+def test_read_error_from_the_source(make_daemon, tmp_path, flaky_disk):
+    """The kernel answers the fill's read of the bad range with EIO: the acquire is a clear error naming
+    the file and the read error (not an internal one), nothing is left behind, and the daemon holds no
+    descriptor of the file. Once the read works again (a flaky disk), the next load is cached and right."""
+    disk, source = flaky_disk
+    models = tmp_path / "d0" / "models"
+    d = make_daemon(env={"HEARTH_MODEL_DIRS": os.pathsep.join([str(models), str(disk.mount)])})
+    status, doc = d.api("POST", "/v1/acquire", {"path": str(disk.path)})
+    assert disk.failed_reads > 0, "the fill never read the bad range"
+    assert status != 500 and doc["error"]["code"] != "internal", (status, doc)
+    assert str(disk.path) in doc["error"]["message"] and "Input/output error" in doc["error"]["message"], doc
+    failure = next(f for f in d.status()["failures"] if f["path"] == str(disk.path))
+    assert failure["code"] == doc["error"]["code"]
+    assert d.shm_names() == [] and d.status()["segments"] == []
+    open_files = [os.readlink(f"/proc/{d.proc.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{d.proc.pid}/fd")]
+    assert not [t for t in open_files if t.startswith(str(disk.mount))], open_files
+
+    disk.failing.clear()
+    rc, said, err = d.run_client(f"""
+    r = load({str(disk.path)!r})
+    say(cached=r.cached, reason=r.reason, same=same(r.tensors, safetensors.torch.load_file({str(source)!r})))
+    """)
+    assert rc == 0 and said == [{"cached": True, "reason": None, "same": True}], (said, err)
     _assert_nothing_left(d)

@@ -6,12 +6,13 @@ benchmark's (`python -m bench.fuzz --cases 100000`, figures in bench/RESULTS.md)
 - headers: every file is held to the stock `safetensors.torch.load_file` (harness.fuzz.header.check): no
   exception but BadHeader, no tensor served from a file the stock load refuses, not one bit of difference
   in what it accepts, every refusal one line naming the file;
-- the daemon's API, on a real daemon: no 5xx but 507, no "internal" error, an answer within 20 s,
+- the daemon's API, on a real daemon: no 5xx but 502 and 507, no "internal" error, an answer within 20 s,
   acquired segments byte-exact, the daemon still serving, and after the cache is emptied no name left in
   its tmpfs folder and no more descriptors than before.
 
 The corpus (tests/fuzz_corpus/) is what bench.fuzz --corpus kept from a 20,000-case run: the first header
-file of every outcome (its name says the outcome) and the first request of every route and outcome; `api.json` also holds the requests that found bugs (each now a test of test_daemon_api too).
+file of every outcome (its name says the outcome) and the first request of every route and outcome;
+`api.json` also holds the requests that found bugs (each now a test of test_daemon_api too).
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ its path, like models.py), then random weights. Nothing is downloaded; the same 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -91,7 +92,10 @@ def _child(part: str, shape: str, seed: int, out: str) -> None:
     from safetensors.torch import save_file
 
     if part == "unet":
-        module = comfy.ldm.flux.model.Flux(**FLUX[shape], dtype=torch.bfloat16, device="meta",
+        # Only the parameters this release's FluxParams has (0.3.64 lacks txt_ids_dims and later ones).
+        known = {f.name for f in dataclasses.fields(comfy.ldm.flux.model.FluxParams)} | {"image_model"}
+        module = comfy.ldm.flux.model.Flux(**{k: v for k, v in FLUX[shape].items() if k in known},
+                                           dtype=torch.bfloat16, device="meta",
                                            operations=comfy.ops.disable_weight_init)
         dtype, prefix = torch.bfloat16, ""
     elif part == "clip":

@@ -12,7 +12,9 @@ and websocket API, one fresh process per measurement, with a private Hearth daem
 4. LoRA switching A -> B -> A -> none on a loaded model: node and prompt time, base model reused;
 5. the first txt2img prompt (64x64, 1 step) after ComfyUI starts, end to end;
 6. daemon restart: until its re-adopted segments are served, and the first prompt after it;
-7. with CUDA: host-to-device bandwidth from the segment, pageable and pinned memory; time to the GPU.
+7. with CUDA: host-to-device bandwidth from the segment, pageable and pinned memory; time to the GPU;
+8. split files (FLUX layout: UNETLoader, CLIPLoader, VAELoader) on stock ComfyUI and with Hearth.StockLoaders;
+9. the stock CheckpointLoaderSimple, the same two ways; 10. a diffusers from_pretrained, stock and patch().
 
 Prints one table (min and median, ratio Hearth / stock, targets) and writes scenarios.json, the chart
 scenarios.png and README-results.md (bench/results/ for a full run, bench/out/quick/ for --quick).

@@ -16,7 +16,7 @@ import psutil
 from harness.checkout import find_comfyui
 
 from . import __doc__ as DOC
-from . import cuda, loading, sharing, switching
+from . import cuda, loading, sharing, stock_loaders, switching
 from .fixture import CKPT, LORAS, Bench, bench, scenario_models
 from .report import header, markdown, notes
 from .restart import daemon_restart
@@ -55,6 +55,9 @@ def scenarios(b: Bench, repeats: int, counts: tuple[int, ...], segment: Path) ->
         "5": ("first prompt after start", lambda: loading.first_prompt(b, repeats)),
         "6": ("daemon restart", lambda: daemon_restart(b, repeats, segment)),
         "7": ("CUDA host-to-device", lambda: cuda.run_child(b.checkpoint, b.daemon.env, REPO)),
+        "8": ("split files through the stock loaders", lambda: stock_loaders.split_files(b, repeats)),
+        "9": ("stock checkpoint loader", lambda: stock_loaders.stock_checkpoint(b, repeats)),
+        "10": ("diffusers from_pretrained through patch()", lambda: stock_loaders.library_hook(b, repeats)),
     }
 
 

@@ -163,6 +163,35 @@ def _cuda_rows(r7: dict) -> list[Row]:
     return rows
 
 
+def _stock_loader_rows(r: dict, n: str, what: str) -> list[Row]:
+    """Scenarios 8 and 9: stock graphs' loaders, stock ComfyUI vs Hearth.StockLoaders (issue 18's targets)."""
+    size = sum(r["files"].values()) / 1e9
+    rows = []
+    for page_cache, bound in (("warm", 0.2), ("cold", 0.1)):
+        t = _series(r[page_cache], lambda x: x["server_s"])
+        label = f"{what} ({size:.1f} GB), restart, page cache {'warm' if page_cache == 'warm' else 'dropped'}"
+        rows.append(_ratio_target(Row(n, label, "s", t["stock"], t["hearth"], chart="time"), bound,
+                                  "ComfyUI's module construction (the same Python for both) is most of Hearth's "
+                                  "time at this size"))
+        mem = _series(r[page_cache], lambda x: x["after"]["private"] / GIB)
+        rows.append(Row(n, "↳ private memory after load", "GiB", mem["stock"], mem["hearth"]))
+    return rows
+
+
+def _library_rows(r: dict) -> list[Row]:
+    """Scenario 10: from_pretrained of a diffusers pipeline in a fresh process, stock vs patch()."""
+    size = sum(r["files"].values()) / 1e9
+    rows = []
+    for page_cache in ("warm", "cold"):
+        t = _series(r[page_cache], lambda x: x["load_s"])
+        row = Row("10", f"diffusers from_pretrained ({size:.1f} GB), page cache "
+                        f"{'warm' if page_cache == 'warm' else 'dropped'}", "s", t["stock"], t["hearth"], chart="time")
+        if page_cache == "warm":
+            row = _ratio_target(row, 1.0, "the segment's acquire round trip on top of a warm mmap read")
+        rows.append(row)
+    return rows
+
+
 def rows(doc: dict) -> list[Row]:
     """Every row of the table, in scenario order; scenarios that failed or were skipped give none."""
     s = {n: r for n, r in doc["scenarios"].items() if "error" not in r and "skipped" not in r}
@@ -180,6 +209,12 @@ def rows(doc: dict) -> list[Row]:
         out += _daemon_rows(s["6"])
     if "7" in s:
         out += _cuda_rows(s["7"])
+    if "8" in s:
+        out += _stock_loader_rows(s["8"], "8", "split FLUX-layout files via UNETLoader/CLIPLoader/VAELoader")
+    if "9" in s:
+        out += _stock_loader_rows(s["9"], "9", "checkpoint via CheckpointLoaderSimple")
+    if "10" in s:
+        out += _library_rows(s["10"])
     return out
 
 
@@ -253,6 +288,16 @@ def notes(doc: dict) -> list[str]:
             out.append(f"scenario 4, {k}: the checkpoint loader came from ComfyUI's cache in {cached}/{len(steps)} "
                        f"switches (base model not rebuilt); image after 'none' equals the base image: {back}; "
                        f"every LoRA changed the image: {changed}")
+    for n in ("8", "9"):
+        if n in s:
+            loads = [x["loads"] for pc in ("warm", "cold") for x in s[n][pc]["hearth"]]
+            out.append(f"scenario {n}: Hearth side's reads {[sorted({st for *_, st in l}) for l in loads]} "
+                       f"(all must be hits); the stock side reads nothing through Hearth: "
+                       f"{all(not x['loads'] for pc in ('warm', 'cold') for x in s[n][pc]['stock'])}")
+    if "10" in s:
+        sums = {x["out_sum"] for pc in ("warm", "cold") for side in SIDES for x in s["10"][pc][side]}
+        out.append(f"scenario 10: the pipeline's UNet output is the same in every process, stock and patched: "
+                   f"{len(sums) == 1}")
     if "6" in s:
         out.append(f"scenario 6: acquire after each restart was a hit (no refill): {s['6']['hit']}; the fresh "
                    f"ComfyUI's checkpoint loads: {s['6']['status']}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 
 
 def _comfy(folders: dict[str, list[str]]) -> None:
@@ -29,7 +30,15 @@ def _comfy(folders: dict[str, list[str]]) -> None:
 
     import nodes  # noqa: F401 - ComfyUI's own nodes, imported before any pack as in main.py
 
-    import comfyui_hearth  # noqa: F401 - registers the pack's nodes and installs the hook
+    # The pack from its folder, as ComfyUI imports a custom node (a package named after nothing installed).
+    import importlib.util
+
+    repo = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("comfyui_hearth", repo / "__init__.py",
+                                                  submodule_search_locations=[str(repo)])
+    pack = importlib.util.module_from_spec(spec)
+    sys.modules["comfyui_hearth"] = pack
+    spec.loader.exec_module(pack)  # registers the pack's nodes and installs the hook
 
 
 def _ranges(shm_dir: str) -> list[tuple[int, int]]:

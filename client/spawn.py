@@ -40,7 +40,9 @@ def start_daemon(env: Mapping[str, str] | None = None, timeout: float = 30.0,
     info_path = daemon_info_path(env)
     log_path = home / LOG_NAME
     _rotate(log_path)
-    with open(log_path, "ab") as log:
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(fd, 0o600)  # whatever the umask, and for a log made before this was the rule
+    with os.fdopen(fd, "ab") as log:
         proc = subprocess.Popen(launcher_argv("daemon", *(["--headless"] if headless else [])), env=env,
                                 cwd=home, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                 start_new_session=True)

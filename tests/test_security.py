@@ -265,4 +265,37 @@ def test_names_planted_in_a_shared_tmpfs_by_another_user(shared_tmpfs_daemon):
     for path, data in planted.items():
         assert path.read_bytes() == data and path.stat().st_uid == PLANTER, path.name
     assert os.readlink(link) == str(theirs)
-    assert [n for n in os.listdir(d.shm) if n.endswith(".part")] == [p.name for p in planted if p.name.endswith(".part")]
+    parts = [n for n in os.listdir(d.shm) if n.endswith(".part")]
+    assert parts == [p.name for p in planted if p.name.endswith(".part")], parts  # the planted one only
+
+
+# ---- file modes -------------------------------------------------------------------------------------
+
+def test_file_modes(tmp_path):
+    """Started the pack's way (client.spawn, as ComfyUI's autostart and the CLI do) under umask 000: the
+    state folder is 0700 and every file in it 0600, segments 0600, whatever the umask."""
+    from harness.daemon import Daemon as PackDaemon
+
+    models = tmp_path / "models"
+    path = make_model(models / "m.safetensors")
+    shm = Path("/dev/shm") / f"pytest-hearth-modes-{os.getpid()}"
+    d = PackDaemon(tmp_path / "home", [models], shm_dir=shm)
+    old = os.umask(0)
+    try:
+        d.start()
+    finally:
+        os.umask(old)
+    try:
+        d.api("POST", "/v1/acquire", {"path": str(path)})
+        d.api("POST", "/v1/config", {"budget": "1G"})
+        d.api("POST", "/v1/pin", {"path": str(path)})
+        home = tmp_path / "home"
+        assert stat.S_IMODE(home.stat().st_mode) == 0o700
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in home.iterdir()}
+        assert {"token", "daemon.json", "index.json", "config.json", "daemon.log"} <= set(modes), modes
+        assert all(m == 0o600 for m in modes.values()), {k: oct(m) for k, m in modes.items()}
+        segments = [p for p in shm.iterdir()]
+        assert segments and all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in segments)
+    finally:
+        d.stop()
+        shutil.rmtree(shm, ignore_errors=True)

@@ -7,14 +7,23 @@ succeeds; a name is a `Placeholder` that raises the moment it is used (called, s
 compared, iterated), never a wrong result. Libraries that probe for the package find it (transformers'
 `is_torchvision_available` looks with find_spec; its version is 0.0.0+hearth.standin, no distribution
 metadata): only paths the SD1.5 tests never take would then reach a placeholder.
+
+A stand-in is a fallback only: where the real package is installed further along sys.path (a GPU machine's
+Python has torchvision), `install` loads that one in its place, so the stand-ins' folder can go first on
+every ComfyUI process's path (harness/checkout.comfy_env) wherever it runs. `av` has one too: ComfyUI's
+comfy_api imports it at start-up, and its wheel (35 MB) is too large to carry to a GPU machine.
 """
 
 from __future__ import annotations
 
 import importlib.abc
 import importlib.machinery
+import importlib.util
+import os
 import sys
 import types
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 class StandInUsed(RuntimeError):
@@ -91,7 +100,15 @@ def _name(module: str, name: str):
 
 
 def install(package: types.ModuleType) -> None:
-    """Turn `package` (a stand-in's `__init__` module) into one that answers any submodule and name."""
+    """The real package in place of the stand-in `package` (its `__init__` module, running) where one is
+    installed; else turn `package` into one that answers any submodule and name."""
+    others = [p for p in sys.path if os.path.abspath(p or os.curdir) != HERE]
+    real = importlib.machinery.PathFinder.find_spec(package.__name__, others)
+    if real is not None and real.loader is not None:
+        module = importlib.util.module_from_spec(real)
+        sys.modules[package.__name__] = module  # what the running import statement will hand out
+        real.loader.exec_module(module)
+        return
     if not any(isinstance(f, _Finder) and f.root == package.__name__ for f in sys.meta_path):
         sys.meta_path.append(_Finder(package.__name__))
     _stand_in(package)

@@ -1,5 +1,6 @@
 """Import-only stand-in for torchaudio (no build matches the CPU torch used here): any submodule imports,
-any name is a placeholder that raises when used. See _hearth_standin."""
+any name is a placeholder that raises when used; where the real one is installed, that one is loaded.
+See _hearth_standin."""
 
 import sys
 

@@ -68,7 +68,11 @@ class Tray:
     # ---- choosing the backend -----------------------------------------------------------------------
 
     async def _start(self) -> None:
-        why_not = await self._show()
+        try:
+            why_not = await self._show()
+        except Exception:  # noqa: BLE001 - a tray bug must cost the icon, never the daemon
+            log.exception("tray: the icon could not be shown; the panel is at %s", self.panel)
+            return
         if why_not:
             log.warning("%s", why_not)
         self._spawn(self._follow())

@@ -60,12 +60,15 @@ FIELDS: dict[str, dict[str, st.SearchStrategy]] = {
     "/v1/preload": {"paths": paths_list},
     "/v1/evict": {"path": path_values, "all": flags, "key": key_values},
     "/v1/pin": {"path": path_values, "pinned": flags},
+    "/v1/hold": {"hold": st.sampled_from(["prompt-1", "prompt-2", ""]) | json_values, "paths": paths_list,
+                 "pid": pid_values, "seconds": st.sampled_from([0.5, 5, 60, -1, 0, 1e9]) | json_values},
     "/v1/config": {"budget": sizes, "max_fills": st.integers(-2, 20) | st.floats() | json_values,
                    "model_dirs": paths_list, "pinned": paths_list, "autostart": flags,
                    "no_such_setting": json_values},
     "/v1/strategy": {"strategy": json_values, "model": json_values, "reported": json_values},
     "/v1/roots": {"roots": paths_list},
 }
+# /v1/shutdown is left out: it is the one request meant to stop the daemon (a token holder's right)
 GETS = ["/v1/health", "/v1/status", "/v1/config", "/v1/strategy", "/v1/roots", "/v1/events", "/",
         "/favicon.ico", "/panel/lib/panel.js", "/panel/../daemon/http.py", "/panel/%2e%2e/core/token.py",
         "/panel/", "/panel/lib/", "/v1/", "/v1", "/v2/status"]

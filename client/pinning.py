@@ -239,6 +239,12 @@ def unregister_views(tensors: Iterable[torch.Tensor], reason: str) -> list[Pin]:
     return undone
 
 
+def mapping_of(tensor: torch.Tensor) -> Pin | None:
+    """The mapping this process made that holds `tensor`'s data, or None (not a view of a segment)."""
+    found = _pins_of([tensor])
+    return found[0] if found else None
+
+
 def verify_views(tensors: Iterable[torch.Tensor]) -> list[Pin]:
     """Unregister each registered mapping behind these tensors in which a page was written since; those."""
     undone = []
@@ -246,12 +252,16 @@ def verify_views(tensors: Iterable[torch.Tensor]) -> list[Pin]:
         with _pins.lock:
             if not pin.registered:
                 continue
-            written = written_pages(pin.base, pin.size)
-            if written:
+            try:
+                written = written_pages(pin.base, pin.size)
+                why = (f"{written} page(s) written after registration (an in-place patch): unregistered, so "
+                       "the GPU reads what the CPU sees; copies are pageable again") if written else None
+            except OSError as e:  # cannot look: cannot vouch for the pages either
+                why = f"/proc/self/pagemap unreadable ({e.strerror}): unregistered, writes could not be seen"
+            if why:
                 _unregister(pin)
-                pin.reason = (f"{written} page(s) written after registration (an in-place patch): unregistered, "
-                              "so the GPU reads what the CPU sees; copies are pageable again")
-                log.warning("Hearth: %s: %s", pin.name, pin.reason)
+                pin.reason = why
+                log.warning("Hearth: %s: %s", pin.name, why)
                 undone.append(pin)
     return undone
 
@@ -298,7 +308,10 @@ def _register(pin: Pin) -> str | None:
     """cudaHostRegister the mapping read-only within the budget (lock held); None, or why not."""
     if _pins.budget is None:
         _pins.budget = PinBudget(budget_from_env())
-    written = written_pages(pin.base, pin.size)
+    try:
+        written = written_pages(pin.base, pin.size)
+    except OSError as e:  # without it a later write could not be detected
+        return f"/proc/self/pagemap unreadable ({e.strerror}): writes into the views could not be detected"
     if written:
         return f"{written} page(s) already written in this process: some consumer writes in place, not safe to pin"
     refused = _pins.budget.take(pin.size)

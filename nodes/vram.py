@@ -221,13 +221,16 @@ def _pin_views(model, conds) -> None:
     one, so such a run unregisters them instead. Pages written since an earlier registration undo it too."""
     if model.load_device.type != "cuda":
         return
-    views = list(model.model.state_dict().values())
-    pinning.verify_views(views)
-    writer = _writes_in_place(model, conds)
-    if writer:
-        pinning.unregister_views(views, f"this run writes weights in place ({writer})")
-    else:
-        pinning.register_views(views)
+    try:
+        views = list(model.model.state_dict().values())
+        pinning.verify_views(views)
+        writer = _writes_in_place(model, conds)
+        if writer:
+            pinning.unregister_views(views, f"this run writes weights in place ({writer})")
+        else:
+            pinning.register_views(views)
+    except Exception:  # noqa: BLE001 - pinning only speeds copies up; the prompt must run without it
+        log.exception("Hearth: pinning the model's views failed; ComfyUI copies them as usual")
 
 
 def _writes_in_place(patcher, conds) -> str | None:

@@ -62,3 +62,46 @@ def test_segments_are_locked_within_rlimit_memlock(make_daemon):
     before = vm_locked(d.proc.pid)
     d.ok("POST", "/v1/evict", {"path": str(small)})
     d.wait_for(lambda: vm_locked(d.proc.pid) <= before - size, what="the lock to go with its segment")
+
+
+def anonymous() -> int:
+    for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
+        if line.startswith("Anonymous:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no Anonymous line")
+
+
+def test_locking_keeps_the_pages_shared_where_a_private_mapping_would_copy_them(tmp_path):
+    # Hazard 1 of DESIGN section 4 on a CPU: pinning a MAP_PRIVATE writable mapping (a writable
+    # cudaHostRegister, or mlock, which faults such a mapping in for writing) gives the process its own copy
+    # of every page. residency.lock maps shared and read-only, so its lock copies nothing.
+    import ctypes
+    import mmap
+    import os
+
+    from comfyui_hearth.daemon import residency
+
+    size = 2 * MiB
+    if (residency.memlock_limit() or size) < size:
+        pytest.skip("RLIMIT_MEMLOCK below 2 MiB")
+    path = Path("/dev/shm") / f"hearth-test-residency-{os.getpid()}"
+    path.write_bytes(os.urandom(size))
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        before = anonymous()
+        held = residency.lock(os.dup(fd), size)
+        assert held.locked and held.reason is None
+        assert anonymous() - before < size // 8  # locked, and still the file's pages
+
+        private = mmap.mmap(fd, size, access=mmap.ACCESS_COPY)
+        libc = ctypes.CDLL(None, use_errno=True)
+        holder = ctypes.c_char.from_buffer(private)
+        before = anonymous()
+        assert libc.mlock(ctypes.c_void_p(ctypes.addressof(holder)), ctypes.c_size_t(size)) == 0
+        assert anonymous() - before >= size * 7 // 8  # a private copy of (nearly) every page
+        del holder
+        private.close()
+        held.release()
+        os.close(fd)
+    finally:
+        path.unlink()

@@ -80,12 +80,13 @@ def _from_daemon(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str], di
             if attempt:  # evicted between the answer and our open, twice: give up on the cache
                 raise DaemonUnavailable(f"segment of {path} vanished before it could be mapped") from None
             continue
-        # The lease covered the gap until our flock; from now on the flock says "held", for exactly as
-        # long as the tensors live. Left in place, the lease would keep a model this process has already
-        # dropped unevictable for LEASE_GRACE_S (ComfyUI switching models within the budget). Sent from a
-        # thread: the load need not wait for the answer.
-        threading.Thread(target=release, args=(conn, answer["key"], path), name="hearth-release",
-                         daemon=True).start()
+        finally:
+            # The lease covered the gap until our flock (or until the mapping failed); from now on the flock
+            # says "held", for exactly as long as the tensors live. Left in place, the lease would keep a
+            # model this process has dropped, or never mapped, unevictable for LEASE_GRACE_S (ComfyUI
+            # switching models within the budget). Sent from a thread: the load need not wait for it.
+            threading.Thread(target=release, args=(conn, answer["key"], path), name="hearth-release",
+                             daemon=True).start()
         return tensors, metadata, answer
     raise AssertionError("unreachable")
 

@@ -238,6 +238,22 @@ def test_client_killed_while_mapping(daemon):
     _assert_nothing_left(d)
 
 
+def test_a_mapping_that_fails_gives_its_lease_back(in_process):
+    """The client refuses the segment it was given (here: owned by another user): the load is the stock
+    one, and the lease it took goes at once, not LEASE_GRACE_S later, so the segment can be evicted."""
+    from comfyui_hearth.client import load
+
+    d = in_process
+    path = make_model(d.models / "a.safetensors", seed=11)
+    key = d.acquire(path)["key"]
+    os.chown(d.shm / d.seg_name(key), 65534, 65534)
+    r = load(str(path))
+    assert not r.cached and "owned by" in r.reason
+    assert_same_tensors(r.tensors, reference(path))
+    d.wait_for(lambda: d.segment(path)["holders"] == [], timeout=5, what="the lease of a failed mapping to go")
+    assert d.ok("POST", "/v1/evict", {"path": str(path)})["evicted"]
+
+
 # ---- the tmpfs fills up mid-fill ---------------------------------------------------------------------
 
 @pytest.fixture

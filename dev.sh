@@ -15,7 +15,12 @@ fi
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     .venv/bin/python -m pip install -q "torch==2.13.0"
 fi
-.venv/bin/python -m pip install -q -e ".[test]"
+.venv/bin/python -m pip install -q -r requirements-dev.txt
+# The tests import the pack from this folder (harness/pack.py), as ComfyUI does; an install left by an older
+# dev.sh (pip install -e .) would let a test pass for a reason no user has.
+if .venv/bin/python -m pip show -q comfyui-hearth >/dev/null 2>&1; then
+    .venv/bin/python -m pip uninstall -q -y comfyui-hearth
+fi
 
 cmd=$1; shift
 case "$cmd" in

@@ -19,7 +19,9 @@ from .plan import register as register_plan
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hearth", description="Hearth: model weights kept warm in shared memory.")
+    # Raw: --version prints the pack's folder on one line, however long (the help formatter would wrap it)
+    p = argparse.ArgumentParser(prog="hearth", description="Hearth: model weights kept warm in shared memory.",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("--version", action="version", version=f"hearth {__version__} ({PACK_DIR})")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -103,13 +103,13 @@ def _ensure() -> dict[str, Any]:
         health = conn.get("/v1/health", timeout=5.0)
     except DaemonUnavailable as e:
         if why_not is not None:
-            return {"state": "off", "reason": f"{e.message}; not started: {why_not}"}
+            return {"state": "off", "reason": f"the pack does not start it: {why_not}"}
         try:
-            start_daemon(headless=False)
+            proc = start_daemon(headless=False)
         except HearthError as e:
             _failed_at = time.monotonic()
             return {"state": "failed", "reason": f"could not start the daemon: {e.message}"}
-        return _up("started", f"started the daemon of {PACK_DIR}")
+        return _up("started", f"started the daemon of {PACK_DIR}", proc.pid)
     version, protocol = health.get("version"), health.get("protocol")
     if not is_older(version):
         if protocol != PROTOCOL:
@@ -131,11 +131,12 @@ def _replace(conn: Connection, health: dict) -> dict[str, Any]:
     if not wait_stopped(timeout=STOP_WAIT_S):
         return _outdated(conn, health, f"it did not stop within {STOP_WAIT_S:.0f} s")
     try:
-        start_daemon(headless=False)
+        proc = start_daemon(headless=False)
     except HearthError as e:
         return {"state": "failed", "reason": f"stopped the daemon {health.get('version')} but could not start "
                                              f"this pack's: {e.message}"}
-    return _up("replaced", f"replaced the daemon {health.get('version')} (pid {conn.pid}) with this pack's")
+    return _up("replaced", f"replaced the daemon {health.get('version')} (pid {conn.pid}) with this pack's",
+               proc.pid)
 
 
 def _outdated(conn: Connection, health: dict, why: str) -> dict[str, Any]:
@@ -147,14 +148,16 @@ def _outdated(conn: Connection, health: dict, why: str) -> dict[str, Any]:
                       f"(processes using its models keep them){usable}"}
 
 
-def _up(name: str, what: str) -> dict[str, Any]:
-    """The state after a start: the daemon that answers now (ours, or one that won a race to start)."""
+def _up(name: str, what: str, spawned: int) -> dict[str, Any]:
+    """The state after a start: the daemon that answers now, ours or one another process started meanwhile."""
     global _failed_at
     try:
         conn = connect(timeout=5.0)
     except DaemonUnavailable as e:
         _failed_at = time.monotonic()
         return {"state": "failed", "reason": f"a daemon runs but does not answer: {e.message}"}
+    if conn.pid != spawned:
+        return {"state": "running", "reason": None, "pid": conn.pid, "version": conn.version}
     return {"state": name, "reason": what, "pid": conn.pid, "version": conn.version}
 
 
@@ -175,4 +178,4 @@ def _set(**new: Any) -> None:
     elif new["state"] == "running":
         log.info("Hearth: using the running daemon %s (pid %s)", new.get("version"), new.get("pid"))
     else:
-        log.info("Hearth: the daemon is not running: %s", new.get("reason"))
+        log.info("Hearth: no daemon runs and %s", new.get("reason"))

@@ -51,14 +51,20 @@ def missing_requirements(checkout: Path) -> list[str]:
     return missing
 
 
-def comfy_env(checkout: Path, extra_path: list[Path] = (), **overrides: str | None) -> dict[str, str]:
+def comfy_env(checkout: Path, extra_path: list[Path] = (), *, pack_importable: bool = True,
+              **overrides: str | None) -> dict[str, str]:
     """Environment for a process that imports ComfyUI: the torchvision/torchaudio stand-ins come first.
 
     No build of either matches the CPU torch these tests use; ComfyUI imports both at start-up for models
-    that SD1.5 never touches. `overrides` set (or, when None, remove) further variables.
+    that SD1.5 never touches. `pack_importable`: `import comfyui_hearth` finds this checkout (harness/pack.py),
+    for a child that uses ComfyUI as a library; a ComfyUI server gets the pack from custom_nodes/ only, as a
+    user's does. `overrides` set (or, when None, remove) further variables.
     """
+    from .pack import import_root
+
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(STANDINS), *map(str, extra_path), str(checkout)])
+    env["PYTHONPATH"] = os.pathsep.join([str(STANDINS), *map(str, extra_path), str(checkout),
+                                         *([str(import_root())] if pack_importable else [])])
     env["PYTHONUNBUFFERED"] = "1"
     for k, v in overrides.items():
         if v is None:

@@ -134,7 +134,8 @@ class ComfyServer:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, cwd=self.checkout, stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT,
-                                         env=comfy_env(self.checkout, **self.env_overrides))
+                                         env=comfy_env(self.checkout, pack_importable=False,
+                                                       **self.env_overrides))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -26,16 +26,22 @@ NODE_DISPLAY_NAME_MAPPINGS = {
 }
 
 
-def _add_panel_routes() -> None:
-    """The panel's /hearth/ routes on ComfyUI's server, where this process has one; never raises."""
+def _comfy_server():
+    """ComfyUI's PromptServer of this process, or None (ComfyUI used as a library has none)."""
     try:
         from server import PromptServer  # ComfyUI's (imported already when ComfyUI loads its packs)
-    except Exception:  # noqa: BLE001 - ComfyUI used as a library, without its server: no panel to serve
-        log.debug("Hearth: no ComfyUI server module; panel routes not added", exc_info=True)
-        return
-    instance = getattr(PromptServer, "instance", None)
+    except Exception:  # noqa: BLE001 - ComfyUI used as a library, without its server
+        log.debug("Hearth: no ComfyUI server module", exc_info=True)
+        return None
+    return getattr(PromptServer, "instance", None)
+
+
+def _join_server() -> None:
+    """Where this process runs ComfyUI's server: the panel's /hearth/ routes on it, and the user's daemon
+    kept running for it (lifecycle.py: checked on a thread, ComfyUI's start does not wait). Never raises."""
+    instance = _comfy_server()
     if instance is None:
-        log.debug("Hearth: no ComfyUI server in this process; panel routes not added")
+        log.debug("Hearth: no ComfyUI server in this process; no panel routes, the daemon is not kept")
         return
     try:
         from . import routes
@@ -43,9 +49,15 @@ def _add_panel_routes() -> None:
         routes.register(instance)  # once per server, however many times the pack is imported
     except Exception:  # noqa: BLE001 - the panel is optional; the nodes must still load
         log.exception("Hearth: could not add the panel's routes")
+    try:
+        from . import lifecycle
+
+        lifecycle.start()
+    except Exception:  # noqa: BLE001 - the daemon is optional; the nodes must still load
+        log.exception("Hearth: could not check the daemon")
 
 
-_add_panel_routes()
+_join_server()
 
 
 try:  # ComfyUI's own loaders through Hearth, per the Hearth.StockLoaders setting (stock_loaders.py)
@@ -54,3 +66,8 @@ try:  # ComfyUI's own loaders through Hearth, per the Hearth.StockLoaders settin
     _install_stock_loaders()
 except Exception:  # noqa: BLE001 - never stops the nodes; ComfyUI's loaders then load as usual
     log.exception("Hearth: could not hook ComfyUI's stock loaders; they load as usual")
+
+
+from .prefetch import register as _register_prefetch  # queued prompts prefetch their models; never raises
+
+_register_prefetch()

@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -19,6 +18,7 @@ import psutil
 import pytest
 
 from conftest import PY, make_model
+from harness.install import older_copy
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCHER = REPO / "hearth.py"
@@ -309,23 +309,8 @@ def test_a_failed_start_says_why_once_and_loads_still_work(make_daemon):
 
 # ---- replacing a daemon older than the pack ---------------------------------------------------------------
 
-def _older_pack(tmp_path: Path, version: str = "0.0.1") -> Path:
-    """A copy of the pack's files whose version is older: what ran before the user updated the pack."""
-    old = tmp_path / "old-pack"
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                           capture_output=True, text=True, check=True).stdout.split()
-    for rel in files:
-        if rel.split("/")[0] in ("tests", "bench", "harness", ".ci") or not (REPO / rel).is_file():
-            continue
-        (old / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / rel, old / rel)
-    v = old / "core" / "version.py"
-    v.write_text(v.read_text().replace('__version__ = "', f'__version__ = "{version}"  # was "', 1))
-    return old
-
-
 def _start_older(d, tmp_path: Path) -> subprocess.Popen:
-    old = _older_pack(tmp_path)
+    old = older_copy(tmp_path / "old-pack")
     log = open(d.home / "old-daemon.log", "ab")
     proc = subprocess.Popen([PY, str(old / "hearth.py"), "daemon", "--headless"], env=d.env,
                             stdin=subprocess.DEVNULL, stdout=log, stderr=log)

@@ -42,9 +42,22 @@ async function call(method, path, body) {
 
 const segmentRef = (seg) => (seg.folder && seg.name ? { folder: seg.folder, name: seg.name } : { key: seg.key });
 
+// What the pack did about the daemon at ComfyUI's start or a later load (nodes/lifecycle.py): a start that
+// failed or an outdated daemon left running is told once as a toast; the panel's body says it while it lasts.
+let startSaid = null;
+function sayStart(start) {
+  if (!start || !["failed", "outdated"].includes(start.state) || !start.reason || start.reason === startSaid) return;
+  startSaid = start.reason;
+  notify(start.reason, start.state === "failed" ? "error" : "info");
+}
+
 const transport = {
   kind: "comfy",
-  status: () => call("GET", "/hearth/status"),
+  status: async () => {
+    const doc = await call("GET", "/hearth/status");
+    sayStart(doc.start);
+    return doc;
+  },
   models: () => call("GET", "/hearth/models"),
   preload: ({ folder, name }) => call("POST", "/hearth/preload", { folder, name }),
   evict: (seg) => call("POST", "/hearth/evict", seg ? segmentRef(seg) : { all: true }),
@@ -69,6 +82,17 @@ let mountedOn = null;
 
 app.registerExtension({
   name: "hearth.panel",
+  // Read by the server from the default user's comfy.settings.json when it decides (nodes/lifecycle.py).
+  settings: [{
+    id: "Hearth.StartDaemon",
+    category: ["Hearth", "Daemon", "StartDaemon"],
+    name: "Start the Hearth daemon with ComfyUI",
+    tooltip: "When ComfyUI starts (and when a Hearth load finds the daemon gone), start your Hearth daemon, "
+      + "which keeps models warm in shared memory and outlives ComfyUI, or replace one older than the pack. "
+      + "Off: Hearth uses a daemon you start yourself, else models load the normal way.",
+    type: "boolean",
+    defaultValue: true,
+  }],
   setup() {
     if (!document.getElementById("hearth-panel-css")) {
       const link = document.createElement("link");

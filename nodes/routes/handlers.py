@@ -14,8 +14,10 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from ...client.connection import Connection, connect
+from ...core.command import hint
 from ...core.errors import BadRequest, HearthError
 from ...core.request_body import json_object
+from ..lifecycle import panel_state
 from .guard import check_json, check_origin
 from .names import model_path, model_roots
 from .redact import redact_answer, redact_status
@@ -39,14 +41,19 @@ def _with_roots(conn: Connection) -> Connection:
 
 
 def status(relay: Relay) -> dict:
-    """The daemon's status, or {"daemon": "down", "reason"}: the panel shows either."""
+    """The daemon's status, or {"daemon": "down", "reason", "hint"}: the panel shows either; both say what the
+    pack did about the daemon ("start": state and reason: a failed start, an outdated daemon left running)."""
+    start = panel_state()
     try:
         doc = connect(timeout=5.0).get("/v1/status")
     except HearthError as e:
-        return {"daemon": "down", "reason": e.message}
+        # What the pack did about it says more than "not running"
+        reason = {"failed": start["reason"], "outdated": start["reason"],
+                  "off": f"{e.message}; {start['reason']}"}.get(start["state"]) or e.message
+        return {"daemon": "down", "reason": reason, "start": start, "hint": hint("start")}
     if not relay.up:
         relay.poke()  # someone is watching and the daemon is back: reconnect now, not at the next backoff
-    return {"daemon": "up", "relay": relay.up, **redact_status(doc)}
+    return {"daemon": "up", "relay": relay.up, "start": start, **redact_status(doc)}
 
 
 def preload(body: dict) -> dict:

@@ -157,7 +157,7 @@ export function createPanel(root, transport, options = {}) {
       h("strong", {}, "Hearth's daemon is not reachable"),
       h("div.hearth-reason", {}, reason.charAt(0).toUpperCase() + reason.slice(1)),
       h("div.hearth-hint", {}, "Models load the normal way meanwhile (no shared cache). This panel reconnects ",
-        "by itself once the daemon runs (", h("code", {}, "hearth daemon"), ")."))];
+        "by itself once the daemon runs", ...(doc.hint ? [" (", h("code", {}, doc.hint), ")"] : []), "."))];
   }
 
   function summary(doc) {

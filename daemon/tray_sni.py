@@ -331,6 +331,19 @@ class SniTray:
             self._item.NewToolTip()
 
     async def close(self) -> None:
-        if self._bus is not None:
-            self._bus.disconnect()
-            self._bus = None
+        """Leave the bus cleanly: give up the name first (the watcher drops the item, so hosts stop asking
+        it), then close and wait until dbus-fast has let go of the socket, all on the loop: a socket closed
+        with the loop while a host's call was being answered logged a write to a dead descriptor."""
+        bus, self._bus = self._bus, None
+        if bus is None:
+            return
+        try:
+            if bus.connected:
+                await asyncio.wait_for(bus.release_name(self._name), 1)
+        except Exception as e:  # noqa: BLE001 - a bus already gone: nothing to give up
+            log.debug("tray: releasing %s: %s", self._name, e)
+        bus.disconnect()
+        try:
+            await asyncio.wait_for(bus.wait_for_disconnect(), 1)
+        except Exception as e:  # noqa: BLE001 - the socket closed with an error: it is closed all the same
+            log.debug("tray: disconnecting: %s", e)

@@ -333,17 +333,18 @@ class SniTray:
     async def close(self) -> None:
         """Leave the bus cleanly: give up the name first (the watcher drops the item, so hosts stop asking
         it), then close and wait until dbus-fast has let go of the socket, all on the loop: a socket closed
-        with the loop while a host's call was being answered logged a write to a dead descriptor."""
+        with the loop while a host's call was being answered logged a write to a dead descriptor. At most
+        1 s in all, so a bus that stopped answering cannot slow the daemon's stop much."""
         bus, self._bus = self._bus, None
         if bus is None:
             return
         try:
             if bus.connected:
-                await asyncio.wait_for(bus.release_name(self._name), 1)
+                await asyncio.wait_for(bus.release_name(self._name), 0.5)
         except Exception as e:  # noqa: BLE001 - a bus already gone: nothing to give up
             log.debug("tray: releasing %s: %s", self._name, e)
         bus.disconnect()
         try:
-            await asyncio.wait_for(bus.wait_for_disconnect(), 1)
+            await asyncio.wait_for(bus.wait_for_disconnect(), 0.5)
         except Exception as e:  # noqa: BLE001 - the socket closed with an error: it is closed all the same
             log.debug("tray: disconnecting: %s", e)

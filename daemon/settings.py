@@ -21,6 +21,7 @@ DEFAULTS: dict[str, Any] = {
     "warm_set": "on",       # refill the recently used models when the daemon starts: on, paused or off
     "warm_set_size": "auto",  # how much that refill brings back: a size as the budget's ('auto': the budget)
     "eager_load": False,    # Hearth's loaders make the weights resident at load time (not at the first step)
+    "prefetch": True,       # a queued prompt's models are filled while it waits (nodes/prefetch.py)
 }
 
 WARM_SET_MODES = ("on", "paused", "off")
@@ -45,7 +46,7 @@ def _check(key: str, value: Any) -> Any:
         if not 1 <= value <= 16:
             raise ValueError("max_fills must be a whole number between 1 and 16")
         return value
-    if key in ("autostart", "eager_load", "start_with_comfyui"):
+    if key in ("autostart", "eager_load", "start_with_comfyui", "prefetch"):
         if isinstance(value, str):
             value = value.lower() in ON_WORDS
         return bool(value)

@@ -12,6 +12,7 @@ import time
 
 import folder_paths
 
+from . import eager
 from .build import build_checkpoint
 from .sources import fetch, safetensors_metadata
 from .status import report
@@ -34,12 +35,16 @@ class HearthCheckpointLoader:
     def INPUT_TYPES(cls):
         return {"required": {"ckpt_name": (folder_paths.get_filename_list("checkpoints"),
                                            {"tooltip": "The name of the checkpoint (model) to load."})},
+                "optional": {"eager_load": eager.INPUT},  # optional: saved API graphs without it still run
                 "hidden": {"unique_id": "UNIQUE_ID"}}
 
-    def load_checkpoint(self, ckpt_name: str, unique_id: str | None = None) -> tuple:
+    def load_checkpoint(self, ckpt_name: str, unique_id: str | None = None,
+                        eager_load: str = "setting") -> tuple:
         t0 = time.perf_counter()
         out, loaded = _load(ckpt_name)
-        report(type(self).__name__, unique_id, "checkpoint", ckpt_name, loaded, time.perf_counter() - t0)
+        resident = eager.make_resident(out, loaded.tensors, eager_load)
+        report(type(self).__name__, unique_id, "checkpoint", ckpt_name, loaded, time.perf_counter() - t0,
+               **resident)
         return out
 
 

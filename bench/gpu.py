@@ -357,6 +357,7 @@ mode, flags, ckpt_dir, ckpt, out, size, steps = sys.argv[1:8]
 sys.argv = sys.argv[:1] + json.loads(flags)
 import comfy.options
 comfy.options.enable_args_parsing()
+import utils  # ComfyUI's utils/ first, as main.py does: 0.3.64's nodes.py puts comfy/ (utils.py) first on sys.path
 import numpy as np, psutil, torch
 import folder_paths
 folder_paths.add_model_folder_path("checkpoints", ckpt_dir)
@@ -396,6 +397,7 @@ flags, ckpt_dir, ckpt, size, steps, again = sys.argv[1:7]
 sys.argv = sys.argv[:1] + json.loads(flags)
 import comfy.options
 comfy.options.enable_args_parsing()
+import utils  # before nodes, as in GRAPH_CHILD
 import torch, folder_paths
 folder_paths.add_model_folder_path("checkpoints", ckpt_dir)
 import nodes, comfy.model_management as mm

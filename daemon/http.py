@@ -133,6 +133,28 @@ async def config(request: web.Request) -> web.Response:
     return web.json_response(request.app[SERVICE].config(changes))
 
 
+async def activity(request: web.Request) -> web.Response:
+    """GET [?after=SEQ]: the counters and the kept events (activity.py), those numbered above SEQ only."""
+    try:
+        after = int(request.query.get("after", "0"))
+    except ValueError:
+        raise BadRequest("after must be an event's sequence number") from None
+    return web.json_response(request.app[SERVICE].activity.document(after))
+
+
+async def models(request: web.Request) -> web.Response:
+    """GET: the cacheable files under the allowed roots, for the standalone panel's picker (catalog.py)."""
+    return web.json_response(await request.app[SERVICE].models())
+
+
+async def autostart(request: web.Request) -> web.Response:
+    """GET: whether the daemon starts at login; POST {"enabled": bool}: turn it on or off."""
+    enabled = (await _body(request)).get("enabled") if request.method == "POST" else None
+    if request.method == "POST" and enabled is None:
+        raise BadRequest('send {"enabled": true} or {"enabled": false}')
+    return web.json_response(await request.app[SERVICE].autostart(enabled))
+
+
 async def strategy(request: web.Request) -> web.Response:
     svc = request.app[SERVICE]
     if request.method == "POST":
@@ -213,6 +235,10 @@ def make_app(service: Service, token: str) -> web.Application:
     r.add_post("/v1/pin", pin)
     r.add_route("GET", "/v1/config", config)
     r.add_route("POST", "/v1/config", config)
+    r.add_get("/v1/activity", activity)
+    r.add_get("/v1/models", models)
+    r.add_route("GET", "/v1/autostart", autostart)
+    r.add_route("POST", "/v1/autostart", autostart)
     r.add_route("GET", "/v1/strategy", strategy)
     r.add_route("POST", "/v1/strategy", strategy)
     r.add_route("GET", "/v1/roots", roots)

@@ -21,8 +21,10 @@ from ..core import login_units
 from ..core.errors import BadRequest, Busy, HearthError, NotFound, SourceChanged
 from ..core.home import shm_dir
 from ..core.version import PROTOCOL, __version__
-from . import segments
+from . import processes, segments
+from .activity import Activity
 from .budget import resolve_budget, shm_free, shm_total, shrink_to_budget
+from .catalog import list_models
 from .entries import Entries, Entry
 from .events import Events
 from .fills import Fills
@@ -37,6 +39,7 @@ from .warmset import WarmSet
 log = logging.getLogger("hearth.service")
 
 SWEEP_S = 1.0
+PATH_SETTINGS = ("model_dirs", "pinned")
 
 
 class Service:
@@ -47,10 +50,11 @@ class Service:
         self._request_stop = request_stop  # ends the daemon's serving (main.py)
         self.settings = Settings(home / "config.json")
         self.index = Index(home / "index.json")
-        self.events = Events()
+        self.activity = Activity(home / "activity.json")
+        self.events = Events(record=self.activity.record)
         self.entries = Entries(self.events)
         self.allowed = Roots(self.settings)
-        self.stats = {"hits": 0, "misses": 0, "fills": 0, "evictions": 0}
+        self.stats = self.activity.stats  # since this start; activity.totals since the first (activity.py)
         self.holds = Holds()
         self.fills = Fills(self.settings, self.entries, self.events, self.index, self.stats, self.budget,
                            protected=self.holds.protects)
@@ -73,6 +77,7 @@ class Service:
         self.warm.stop()
         self.fills.cancel()
         self.index.save(self.entries)
+        self.activity.save()
 
     def shutdown(self, unless_busy: bool = False) -> dict:
         """Stop the daemon; its segments stay in the tmpfs and the next daemon re-adopts them.
@@ -101,8 +106,13 @@ class Service:
 
     def sweep(self) -> None:
         """Drop leases of dead or lapsed clients and lapsed holds, free stale segments, notice changed
-        source files."""
+        source files, and keep the last use of held models fresh: ComfyUI reuses a loader's output without
+        loading again, so a model in use for an hour was acquired once, an hour ago."""
         self.holds.sweep()
+        now = time.time()
+        for e in self.entries.values():
+            if e.state == "ready" and e.held():
+                e.last_use = now
         if self.entries.sweep():
             self.index.save(self.entries)
 
@@ -142,7 +152,8 @@ class Service:
             self.stats["misses"] += 1
         if isinstance(pid, int) and pid > 0:
             entry.leases[pid] = now
-        self.events.emit("cache", action="acquire", key=entry.key, path=entry.source.path, hit=hit, pid=pid)
+        self.events.emit("cache", action="acquire", key=entry.key, path=entry.source.path, hit=hit, pid=pid,
+                         by=processes.label(pid) if isinstance(pid, int) and pid > 0 else None)
         return {"segment": str(segments.segment_path(entry.key)), "size": entry.size, "key": entry.key,
                 "hit": hit, "tensors": entry.tensors, "fill_seconds": entry.fill_seconds}
 
@@ -242,6 +253,7 @@ class Service:
             if e.pinned:
                 self._set_pinned(e.source.path, False)
             self.entries.drop(e, "evicted by the user")
+            self.stats["evictions"] += 1
             (pending if e.state == "stale" else done).append(
                 {"path": e.source.path, "key": e.key, "size": e.size, "holders": e.holders()})
         self.index.save(self.entries)
@@ -278,9 +290,14 @@ class Service:
             source = self.resolve(path)
             self._set_pinned(source.path, True)
             result = await self.preload([source.path])
+            real = source.path
         else:
-            self._set_pinned(real_path(path), False)
+            real = real_path(path)
+            self._set_pinned(real, False)
             result = {}
+        entry = next((e for e in self.entries.values() if e.source.path == real), None)
+        self.events.emit("cache", action="pinned" if pinned else "unpinned", path=real,
+                         key=entry.key if entry else None)
         return {"path": os.path.realpath(str(path)), "pinned": pinned, **result}
 
     def _set_pinned(self, real: str, pinned: bool) -> None:
@@ -307,12 +324,18 @@ class Service:
                 for e in self.entries.values():
                     e.pinned = e.source.path in self.settings["pinned"]
             if "budget" in changes:
+                before = len(self.entries)
                 shrink_to_budget(self.entries, self.budget())
+                self.stats["evictions"] += before - len(self.entries)
                 self.index.save(self.entries)
             if "max_fills" in changes:
                 self.fills.slots.changed()
             if "warm_set" in changes:
                 self.warm.mode_changed()
+            # For the activity: what changed, without the path lists (model_dirs, pinned), which say where
+            # the user keeps files and travel to ComfyUI's pages in events.
+            self.events.emit("config", changes={k: self.settings[k] for k in changes if k not in PATH_SETTINGS},
+                             changed=sorted(changes))
         return {**self.settings.values, "budget_bytes": self.budget()}
 
     async def autostart(self, enabled: Any = None) -> dict:
@@ -328,6 +351,15 @@ class Service:
                 raise HearthError(f"start at login: {e.strerror}: {e.filename}") from None
         return {**login_units.state(), "done": done}
 
+    async def models(self) -> dict:
+        """The cacheable files under the allowed roots, named relative to each, and whether each is cached."""
+        found = await asyncio.to_thread(list_models, self.roots())
+        cached = {e.source.path: e.state for e in self.entries.values()}
+        for root in found["roots"]:
+            for f in root["files"]:
+                f["state"] = cached.get(f.pop("real"))
+        return found
+
     def set_strategy(self, plan: Any) -> dict:
         if not isinstance(plan, dict):
             raise BadRequest("strategy must be an object")
@@ -342,7 +374,8 @@ class Service:
             "budget": self.budget(), "used": self.used(),
             "ram": {"total": vm.total, "available": vm.available},
             "shm": {"dir": str(shm_dir()), "total": shm_total(), "free": shm_free()},
-            "stats": dict(self.stats), "strategy": self.strategy, "roots": self.roots(),
+            "stats": dict(self.stats), "totals": dict(self.activity.totals), "counted_since": self.activity.since,
+            "strategy": self.strategy, "roots": self.roots(),
             "pending": self.fills.pending(),
             "fills": self.fills.describe(),
             "failures": list(self.fills.failures.values()),
@@ -351,7 +384,8 @@ class Service:
             "segments": [
                 {"key": e.key, "path": e.source.path, "size": e.size, "state": e.state, "filled": e.filled,
                  "hits": e.hits, "last_use": e.last_use, "pinned": e.pinned, "tensors": e.tensors,
-                 "holders": e.holders(), "fill_seconds": e.fill_seconds, "memory_lock": e.memory_lock_state()}
+                 "holders": e.holders(), "held_by": [processes.label(p) for p in e.holders()],
+                 "fill_seconds": e.fill_seconds, "memory_lock": e.memory_lock_state()}
                 for e in sorted(self.entries.all(), key=lambda e: -e.last_use)],
         }
 

@@ -97,7 +97,7 @@ def test_browser_shows_a_preloaded_segment(daemon, tmp_path):
 
     dom = render(f"http://127.0.0.1:{daemon.port}/#token={daemon.token}", tmp_path / "profile")
     assert "daemon up" in dom, dom[-3000:]
-    row = re.search(rf'<div class="hearth-tr" role="row" data-key="{queued["key"]}" data-state="ready">(.*?)</div>',
+    row = re.search(rf'<div class="hearth-tr" role="row" data-key="{queued["key"]}" data-state="ready"[^>]*>(.*?)</div>',
                     dom, re.S)
     assert row, dom[-3000:]
     assert "panel-model.safetensors" in row.group(1)
@@ -111,3 +111,120 @@ def test_browser_without_a_good_token_asks_for_one(daemon, tmp_path):
     assert "needs the daemon's token" in dom and 'class="hearth-token"' in dom
     dom = render(f"http://127.0.0.1:{daemon.port}/#token=wrong", tmp_path / "p2", budget_ms=3000)
     assert "refused this token" in dom and "daemon up" not in dom
+
+
+# ---- driven in a real browser (DevTools protocol: harness/browser.py) ------------------------------
+
+def _row(key: str) -> str:
+    return f'.hearth-cache .hearth-tr[data-key="{key}"]'
+
+
+def _activity(page) -> str:
+    return page.text(".hearth-activity")
+
+
+def _stats(page) -> dict[str, int]:
+    return page.eval("""Object.fromEntries([...document.querySelectorAll('.hearth-stat')]
+        .map((s) => [s.dataset.stat, Number(s.querySelector('b').textContent)]))""")
+
+
+@needs_chromium
+def test_panel_preload_pin_evict_settings_and_a_daemon_restart(make_daemon, tmp_path):
+    """The standalone panel as a user works it: preload from the model list, pin and unpin, a model in use,
+    evict, settings changed; then the daemon restarts on the same port and the panel picks up the same
+    counters and the same history, and a reload of the page shows them too."""
+    from harness.browser import Browser
+    from harness.server import free_port
+
+    from comfyui_hearth.core import login_units
+
+    xdg = tmp_path / "xdg"
+    d = make_daemon(env={"HEARTH_PORT": str(free_port()), "XDG_CONFIG_HOME": str(xdg)})
+    a = make_model(d.models / "sd15" / "base.safetensors", numel=1 << 16)
+    make_model(d.models / "lora-b.safetensors", seed=2)
+    url = f"http://127.0.0.1:{d.port}/#token={d.token}"
+    name_input = '.hearth-preload input[aria-label="Model name"]'
+
+    with Browser(tmp_path / "profile") as browser:
+        page = browser.page(url)
+        page.wait("!!document.querySelector('.hearth-state.is-up')", what="the panel")
+        # The picker lists the files under the allowed folder, named relative to it
+        options = page.wait("""(() => { const o = [...document.querySelectorAll('.hearth-preload datalist option')]
+            .map((x) => x.value); return o.length === 2 && o; })()""", what="the model list")
+        assert options == ["lora-b.safetensors", "sd15/base.safetensors"]
+        assert page.eval(f"document.querySelector('{name_input}').placeholder") == "2 models…"
+
+        page.type(name_input, "sd15/base.safetensors", enter=True)
+        seg = d.wait_for(lambda: d.segment(a), what="the preload")
+        key = seg["key"]
+        page.wait(f"document.querySelector('{_row(key)}')?.dataset.state === 'ready'", what="the ready row")
+        assert page.eval(f"document.querySelector('{name_input}').value") == ""
+
+        # Pin: a labelled badge that explains itself; unpin; both in the activity
+        page.click(f"{_row(key)} .hearth-actions button:first-child")
+        badge = page.wait(f"document.querySelector('{_row(key)} .hearth-badge.is-pinned')?.title", what="the badge")
+        assert "never evicted" in badge and page.text(f"{_row(key)} .hearth-badge.is-pinned") == "pinned"
+        assert d.segment(a)["pinned"] is True
+        page.wait("document.querySelector('.hearth-activity')?.innerText.includes('base.safetensors pinned')")
+        page.click(f"{_row(key)} .hearth-actions button:first-child")
+        page.wait(f"document.querySelector('{_row(key)}')?.dataset.pinned === 'no'")
+        page.wait("document.querySelector('.hearth-activity')?.innerText.includes('base.safetensors unpinned')")
+        assert d.segment(a)["pinned"] is False
+
+        # A process maps it: "in use" (not a last use that ages) and who holds it, by name
+        c = d.client(f"""
+            sd = load_state_dict({str(a)!r})
+            say(loaded=len(sd))
+            sys.stdin.readline()
+        """)
+        c.read()
+        held = page.wait(f"""(() => {{ const r = document.querySelector('{_row(key)}');
+            return r && r.querySelector('.hearth-inuse') && r.querySelector('.hearth-holders').innerText; }})()""",
+                         what="the holder")
+        assert held == f"python -c (pid {c.pid})", held
+        page.wait(f"document.querySelector('.hearth-activity')?.innerText.includes('base.safetensors: hit for python -c (pid {c.pid})')")
+        c.tell()
+        c.finish()
+        page.wait(f"!document.querySelector('{_row(key)} .hearth-inuse')", timeout=45, what="the holder to go")
+
+        # Evict by hand: counted
+        page.click(f"{_row(key)} .hearth-btn.is-danger")
+        page.wait(f"!document.querySelector('{_row(key)}')", what="the evicted row to go")
+        page.wait("document.querySelector('[data-stat=evictions] b')?.textContent === '1'", what="the count")
+        assert d.status()["totals"]["evictions"] == 1
+
+        # Settings through the one Service
+        page.type('.hearth-setting[data-setting="budget"] input', "64M", enter=True)
+        d.wait_for(lambda: d.ok("GET", "/v1/config")["budget"] == "64M", what="the budget")
+        page.wait("document.querySelector('.hearth-activity')?.innerText.includes('settings: budget 64M')")
+        page.wait("document.querySelector('.hearth-setting[data-setting=budget] small')?.innerText.startsWith('64.0 MiB')")
+        page.select('.hearth-setting[data-setting="warm_set"] select', "paused")
+        d.wait_for(lambda: d.ok("GET", "/v1/config")["warm_set"] == "paused", what="the warm set")
+        page.click('.hearth-setting[data-setting="autostart"] input')
+        d.wait_for(lambda: login_units.state({"XDG_CONFIG_HOME": str(xdg)})["enabled"], what="start at login")
+        page.wait("document.querySelector('.hearth-setting[data-setting=autostart] input').checked")
+        page.click('.hearth-setting[data-setting="autostart"] input')
+        d.wait_for(lambda: not login_units.state({"XDG_CONFIG_HOME": str(xdg)})["enabled"], what="no start at login")
+
+        before = _stats(page)
+        assert before == {"hits": 1, "misses": 0, "fills": 1, "evictions": 1}, before
+        history = _activity(page)
+
+        # The daemon restarts on the same port: the panel reconnects by itself, counters and history intact
+        d.stop()
+        page.wait("document.querySelector('.hearth-live')?.innerText.includes('reconnecting') || "
+                  "!!document.querySelector('.hearth-state.is-down')", what="the panel to see the daemon go")
+        d.start()
+        page.wait("document.querySelector('.hearth-live')?.innerText === 'live'", timeout=40, what="the reconnect")
+        assert d.status()["totals"] == before
+        assert d.status()["stats"] == {"hits": 0, "misses": 0, "fills": 0, "evictions": 0}  # this run's own
+        d.wait_for(lambda: _stats(page) == before, what="the same counters in the panel")
+        assert _activity(page) == history
+
+        # A reload keeps none of the page's memory: the history comes from the daemon
+        page.goto(f"http://127.0.0.1:{d.port}/")
+        page.wait("document.querySelector('.hearth-activity')?.innerText.includes('base.safetensors pinned')",
+                  what="the history after a reload")
+        assert _activity(page) == history
+        assert _stats(page) == before
+        assert page.errors == [], page.errors

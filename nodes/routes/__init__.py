@@ -11,6 +11,8 @@ Doors (tests/comfy/test_panel_routes.py tries each against a real ComfyUI):
 - Names, never paths (names.py): a request names a model by ComfyUI folder and name, resolved through
   folder_paths; only names ComfyUI lists and only cacheable files; a path in a request is refused. A machine
   on the LAN can preload, pin or evict only the models ComfyUI offers it for its workflows anyway.
+- Settings: a page may change the daemon's sizes and switches (budget, warm set, prefetch, eager load) and
+  start at login, as it can change any ComfyUI setting; never the allowed folders or the pinned paths.
 - Answers and relayed events carry names, never model paths nor the daemon's allowed roots (redact.py).
 - Pages of another origin are refused (guard.py): the Origin must match the Host the request addressed,
   else Sec-Fetch-Site must be same-origin (or none); POST bodies only as application/json. GETs are checked
@@ -25,6 +27,11 @@ the relayed events (names only) and is ComfyUI's door.
     POST /hearth/preload  {"folder", "name"}
     POST /hearth/evict    {"folder", "name"} | {"key"} (a segment in the status) | {"all": true}
     POST /hearth/pin      {"folder", "name", "pinned": true|false}
+    GET  /hearth/activity {"stats", "since", "seq", "events"}: the daemon's counters and kept events
+    GET  /hearth/settings {"daemon": {budget, warm_set, ...}, "autostart": {"enabled"}, "stock_loaders"}
+    POST /hearth/settings {"budget": "12G", "warm_set": "paused", ..., "autostart": bool}: only the sizes
+                          and switches of handlers.SETTABLE; Hearth.StockLoaders is ComfyUI's own setting,
+                          which the page writes through ComfyUI's POST /settings/Hearth.StockLoaders
 
 ComfyUI adds an /api/ twin of each route. The pack's entry (nodes/__init__.py) calls `register` with
 ComfyUI's PromptServer; importing this package adds nothing.
@@ -34,7 +41,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .handlers import Handler, evict, get, pin, post, preload, status
+from .handlers import Handler, activity, change_settings, evict, get, pin, post, preload, settings, status
 from .names import listed
 from .relay import Relay
 
@@ -49,7 +56,10 @@ def route_table(relay: Relay) -> list[tuple[str, str, Handler]]:
             ("GET", "/hearth/models", get(listed)),
             ("POST", "/hearth/preload", post(preload)),
             ("POST", "/hearth/evict", post(evict)),
-            ("POST", "/hearth/pin", post(pin))]
+            ("POST", "/hearth/pin", post(pin)),
+            ("GET", "/hearth/activity", get(activity)),
+            ("GET", "/hearth/settings", get(settings)),
+            ("POST", "/hearth/settings", post(change_settings))]
 
 
 def register(server: Any) -> bool:

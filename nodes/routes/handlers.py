@@ -7,7 +7,9 @@ and never stalls the server's event loop. Typed errors become {"error": {"code",
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +19,7 @@ from ...client.connection import Connection, connect
 from ...core.command import hint
 from ...core.errors import BadRequest, HearthError
 from ...core.request_body import json_object
+from .. import stock_setting
 from ..lifecycle import panel_state
 from .guard import check_json, check_origin
 from .names import model_path, model_roots
@@ -28,6 +31,9 @@ if TYPE_CHECKING:
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 KEY_RE = re.compile(r"^[0-9a-f]{16}$")
+# The daemon settings a page of ComfyUI may change: sizes and switches, never a path list (model_dirs,
+# pinned), which would let a machine of the LAN allow folders or learn where the user keeps files.
+SETTABLE = ("budget", "warm_set", "warm_set_size", "prefetch", "eager_load")
 
 
 # ---- what each route does (blocking; run in the executor) -----------------------------------------
@@ -53,7 +59,44 @@ def status(relay: Relay) -> dict:
         return {"daemon": "down", "reason": reason, "start": start, "hint": hint("start")}
     if not relay.up:
         relay.poke()  # someone is watching and the daemon is back: reconnect now, not at the next backoff
-    return {"daemon": "up", "relay": relay.up, "start": start, **redact_status(doc)}
+    # ComfyUI's pid and clock: the panel folds the daemon's acquire for this process into the node's own load
+    # report, which the browser dates on arrival (web/lib/activity.js)
+    return {"daemon": "up", "relay": relay.up, "start": start, "comfy_pid": os.getpid(), "now": time.time(),
+            **redact_status(doc)}
+
+
+def activity() -> dict:
+    """The daemon's counters and kept events (names, not paths), for the panel's history after a reload."""
+    return redact_answer(connect(timeout=5.0).get("/v1/activity"))
+
+
+def settings() -> dict:
+    """What the panel's settings show: the daemon's settings a page may change, start at login, and
+    Hearth.StockLoaders as this ComfyUI decides it (where from: env, settings or default)."""
+    conn = connect(timeout=5.0)
+    values = conn.get("/v1/config")
+    on, source = stock_setting.state()
+    return {"daemon": {k: values[k] for k in (*SETTABLE, "budget_bytes") if k in values},
+            "autostart": {"enabled": bool(conn.get("/v1/autostart").get("enabled"))},
+            "stock_loaders": {"enabled": on, "source": source, "setting": stock_setting.SETTING_ID,
+                              "env": stock_setting.ENV}}
+
+
+def change_settings(body: dict) -> dict:
+    """Change daemon settings ({"budget": "12G", ...}) and start at login ({"autostart": bool}) in one request."""
+    unknown = sorted(set(body) - {*SETTABLE, "autostart"})
+    if unknown:
+        raise BadRequest(f"these settings cannot be changed from here: {', '.join(unknown)} "
+                         f"(the panel changes {', '.join(SETTABLE)} and autostart)")
+    conn = connect()
+    changes = {k: body[k] for k in SETTABLE if k in body}
+    if changes:
+        conn.post("/v1/config", changes)
+    if "autostart" in body:
+        if not isinstance(body["autostart"], bool):
+            raise BadRequest("autostart must be true or false")
+        conn.post("/v1/autostart", {"enabled": body["autostart"]})
+    return settings()
 
 
 def preload(body: dict) -> dict:

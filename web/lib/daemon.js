@@ -53,6 +53,18 @@ export function daemonTransport(token, { onUnauthorized = () => {}, base = "" } 
   return {
     kind: "daemon",
     status: async () => ({ daemon: "up", ...(await call("GET", "/v1/status")) }),
+    activity: () => call("GET", "/v1/activity"),
+    models: () => call("GET", "/v1/models"),
+    settings: async () => {
+      const [config, autostart] = await Promise.all([call("GET", "/v1/config"), call("GET", "/v1/autostart")]);
+      return { daemon: config, autostart: { enabled: !!autostart.enabled } };
+    },
+    async changeSettings(changes) {
+      const { autostart, ...rest } = changes;
+      if (Object.keys(rest).length) await call("POST", "/v1/config", rest);
+      if (autostart !== undefined) await call("POST", "/v1/autostart", { enabled: autostart });
+      return this.settings();
+    },
     preload: ({ path }) => call("POST", "/v1/preload", { paths: [path] }),
     evict: (seg) => call("POST", "/v1/evict", seg ? (seg.path ? { path: seg.path } : { key: seg.key }) : { all: true }),
     pin: (seg, pinned) => call("POST", "/v1/pin", { path: seg.path, pinned }),

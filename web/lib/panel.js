@@ -4,19 +4,25 @@
 // A transport is an object with:
 //   kind: "comfy" | "daemon"
 //   status(): Promise<doc>        doc = {daemon: "up", ...the daemon's status} or {daemon: "down", reason}
+//   activity(): Promise<{stats, totals, since, seq, events}>   the daemon's kept history (daemon/activity.py)
+//   models(): Promise<...>        the preload picker's choices: ComfyUI's {checkpoints: [], loras: []}, or
+//                                 the daemon's {roots: [{root, files: [{name, path, size, state}]}]}
 //   preload(target), evict(segment | null for all), pin(segment, pinned): Promise<answer>; throw Error(message)
-//   connect(onEvent, onLive): () => void   events as the daemon sends them ({type: status|fill|cache|strategy}),
-//                                          plus {type: "down", reason} and {type: "load", ...a node's load}
-//   models?(): Promise<{checkpoints: [], loras: []}>   (ComfyUI only: names for the preload picker)
+//   settings(), changeSettings(changes), setStockLoaders?(on): see settings.js
+//   connect(onEvent, onLive): () => void   events as the daemon sends them ({type: status|fill|cache|strategy|
+//                                          config}), plus {type: "down", reason} and {type: "load", ...a node's load}
 
+import { ActivityLog } from "./activity.js";
 import { ago, bar, basename, bytes, clock, h, pct } from "./dom.js";
+import { createSettings } from "./settings.js";
 
 const REFRESH_MS = 5000;
-const ACTIVITY = 12;
+const PINNED_TIP = "Pinned: never evicted to make room for other models, and filled again when the daemon starts";
 
 export function createPanel(root, transport, options = {}) {
   const notify = options.notify || ((msg, level) => showMessage(msg, level));
-  const state = { doc: null, live: "connecting", activity: [], models: null, message: null, busy: new Set() };
+  const state = { doc: null, live: "connecting", log: options.log || new ActivityLog(), since: null, models: null,
+    message: null, busy: new Set() };
   let timer = null, pending = null, refetch = null, closed = false, stopEvents = null;
 
   const view = {
@@ -27,13 +33,18 @@ export function createPanel(root, transport, options = {}) {
     strategy: h("section.hearth-strategy"),
     activity: h("section.hearth-activity"),
     message: h("div.hearth-message", { role: "status" }),
+    settings: h("div.hearth-settings-box"),
   };
   const preload = buildPreload();
+  const settings = createSettings(transport, { notify, onChanged: () => refreshSoon() });
+  view.settings.append(settings.el);
+  // Inside ComfyUI the extension feeds a log that outlives this panel (hearth.js); else the panel feeds its own.
+  const ownLog = !options.log;
   const panel = h("div.hearth-panel", { dataset: { transport: transport.kind } },
     h("header.hearth-header", {},
-      h("h2.hearth-title", {}, "Hearth"), view.status, view.live,
+      h("h2.hearth-title", {}, h("span.hearth-flame", { "aria-hidden": "true" }), "Hearth"), view.status, view.live,
       h("button.hearth-btn.hearth-refresh", { type: "button", title: "Refresh now", onclick: () => refresh() }, "Refresh")),
-    view.message, view.summary, preload.el, view.cache, view.strategy, view.activity);
+    view.message, view.summary, preload.el, view.cache, view.strategy, view.activity, view.settings);
   root.replaceChildren(panel);
 
   // ---- data ------------------------------------------------------------------------------------
@@ -52,13 +63,25 @@ export function createPanel(root, transport, options = {}) {
     refetch = setTimeout(refresh, 250);
   }
 
+  /** The daemon's history: after a reload, a reconnect, or a daemon restart. */
+  async function loadActivity() {
+    try {
+      const doc = await transport.activity();
+      state.log.merge(doc);
+      state.since = doc.since ?? state.since;
+    } catch { /* the daemon is down: the status says so */ }
+    schedule();
+  }
+
   function onEvent(ev) {
     if (!ev || typeof ev !== "object") return;
     const doc = state.doc;
+    if (ownLog) state.log.add(ev);
     switch (ev.type) {
       case "status": {
         const { type, ...rest } = ev;
-        state.doc = { daemon: "up", ...rest };
+        state.doc = { ...(doc || {}), daemon: "up", ...rest };
+        loadActivity(); // a (re)connected stream: what happened meanwhile is in the daemon's history
         break;
       }
       case "down":
@@ -73,19 +96,21 @@ export function createPanel(root, transport, options = {}) {
       case "cache":
         if (ev.action === "filling" && doc?.segments && !doc.segments.some((s) => s.key === ev.key)) {
           doc.segments.unshift({ key: ev.key, path: ev.path, name: ev.name, folder: ev.folder, size: ev.size,
-            state: "filling", filled: 0, hits: 0, holders: [], pinned: false, last_use: ev.time });
+            state: "filling", filled: 0, hits: 0, holders: [], held_by: [], pinned: false, last_use: ev.time });
         }
-        log(ev.time, cacheText(ev), ev.action === "failed" ? "error" : "");
+        if (ev.action === "ready" || ev.action === "evicted") preload.reloadModels?.();
+        refreshSoon();
+        break;
+      case "config":
+        settings.changed();
         refreshSoon();
         break;
       case "strategy": {
-        const { type, time, ...plan } = ev;
+        const { type, time, seq, ...plan } = ev;
         if (doc && doc.daemon !== "down") doc.strategy = plan;
-        log(time, `VRAM strategy: ${plan.strategy ?? "?"}${plan.model ? ` for ${plan.model}` : ""}`);
         break;
       }
       case "load":
-        log(ev.time, loadText(ev), ev.status === "fallback" ? "warn" : "");
         break;
       default:
         return;
@@ -95,13 +120,8 @@ export function createPanel(root, transport, options = {}) {
 
   function onLive(live) {
     state.live = live;
-    if (live === "connected") refresh();
+    if (live === "connected") { refresh(); loadActivity(); settings.load(); }
     schedule();
-  }
-
-  function log(time, text, level = "") {
-    state.activity.unshift({ time: typeof time === "number" ? time : Date.now() / 1000, text, level });
-    state.activity.length = Math.min(state.activity.length, ACTIVITY);
   }
 
   async function act(id, fn, done) {
@@ -146,6 +166,7 @@ export function createPanel(root, transport, options = {}) {
     view.message.textContent = m ? m.msg : "";
     fill(view.summary, !doc ? [] : up ? summary(doc) : down(doc));
     preload.el.hidden = !up;
+    view.settings.hidden = !up;
     fill(view.cache, up ? cache(doc) : []);
     fill(view.strategy, up ? strategy(doc.strategy) : []);
     fill(view.activity, activity());
@@ -162,8 +183,10 @@ export function createPanel(root, transport, options = {}) {
 
   function summary(doc) {
     const used = doc.used ?? 0, budget = doc.budget ?? 0;
-    const ram = doc.ram || {}, shm = doc.shm || {}, st = doc.stats || {};
+    const ram = doc.ram || {}, shm = doc.shm || {}, st = doc.totals || doc.stats || {};
     const share = pct(used, budget);
+    const first = doc.counted_since ?? state.since;
+    const since = first ? ` since ${new Date(first * 1000).toLocaleString()}` : "";
     return [
       h("div.hearth-row", {}, h("span.hearth-label", {}, "Cache"),
         h("span", {}, `${bytes(used)} of ${bytes(budget)} budget (${share.toFixed(0)}%)`)),
@@ -172,8 +195,11 @@ export function createPanel(root, transport, options = {}) {
         fact("RAM available", `${bytes(ram.available)} of ${bytes(ram.total)}`),
         fact(`${shm.dir || "/dev/shm"} free`, `${bytes(shm.free)} of ${bytes(shm.total)}`,
           shm.free < budget - used ? "shared memory is smaller than the room left in the budget" : "")),
-      h("div.hearth-stats", {},
-        stat("hits", st.hits), stat("misses", st.misses), stat("fills", st.fills), stat("evictions", st.evictions)),
+      h("div.hearth-stats", { title: `Counted by the daemon${since}; they survive its restarts` },
+        stat("hits", st.hits, "loads served from shared memory"),
+        stat("misses", st.misses, "loads that had to read the file first"),
+        stat("fills", st.fills, "files copied into shared memory"),
+        stat("evictions", st.evictions, "models removed from the cache: to make room, by a lowered budget, or by hand")),
     ];
   }
 
@@ -189,7 +215,7 @@ export function createPanel(root, transport, options = {}) {
     }
     const rows = segs.map(segmentRow);
     return [head, h("div.hearth-table", { role: "table" },
-      h("div.hearth-tr.hearth-th", { role: "row" }, ["Model", "Size", "State", "Hits", "Last use", "Holders", ""]
+      h("div.hearth-tr.hearth-th", { role: "row" }, ["Model", "Size", "State", "Hits", "Last use", "Held by", ""]
         .map((t) => h("span", { role: "columnheader" }, t))), rows)];
   }
 
@@ -206,17 +232,23 @@ export function createPanel(root, transport, options = {}) {
       s.state === "stale" ? "evicting" : s.state,
       typeof s.fill_seconds === "number" ? h("small", {}, ` in ${s.fill_seconds.toFixed(1)} s`) : null);
     const holders = s.holders || [];
+    const heldBy = s.held_by?.length ? s.held_by : holders.map((p) => `pid ${p}`);
+    const inUse = holders.length > 0 && s.state !== "filling";
     const canPin = transport.kind === "daemon" ? !!s.path : !!(s.folder && s.name);
     const pinId = `pin:${s.key}`, evictId = `evict:${s.key}`;
-    return h("div.hearth-tr", { role: "row", dataset: { key: s.key, state: s.state } },
-      h("span.hearth-name", { title: where, role: "cell" }, s.pinned ? h("span.hearth-pin", { title: "pinned" }, "● ") : null,
-        name, s.folder ? h("small.hearth-folder", {}, ` ${s.folder}`) : null),
+    return h("div.hearth-tr", { role: "row", dataset: { key: s.key, state: s.state, pinned: s.pinned ? "yes" : "no" } },
+      h("span.hearth-name", { title: where, role: "cell" }, name,
+        s.folder ? h("small.hearth-folder", {}, ` ${s.folder}`) : null,
+        s.pinned ? h("span.hearth-badge.is-pinned", { title: PINNED_TIP }, "pinned") : null),
       h("span", { role: "cell", dataset: { label: "Size" } }, bytes(s.size)),
       h("span", { role: "cell", dataset: { label: "State" } }, stateCell),
       h("span", { role: "cell", dataset: { label: "Hits" } }, String(s.hits ?? 0)),
-      h("span", { role: "cell", dataset: { label: "Last use" } }, ago(s.last_use)),
-      h("span", { role: "cell", dataset: { label: "Holders" }, title: holders.length ? `pids ${holders.join(", ")}` : "no process maps it" },
-        holders.length ? `${holders.length} (${holders.join(", ")})` : "—"),
+      h("span", { role: "cell", dataset: { label: "Last use" },
+        title: inUse ? "mapped by a process right now (ComfyUI keeps a loaded model and reuses it without loading again)" : undefined },
+      inUse ? h("span.hearth-inuse", {}, "in use") : ago(s.last_use)),
+      h("span.hearth-holders", { role: "cell", dataset: { label: "Held by" },
+        title: heldBy.length ? `mapped now by ${heldBy.join(", ")}` : "no process maps it" },
+      heldBy.length ? heldBy.join(", ") : "—"),
       h("span.hearth-actions", { role: "cell" },
         h("button.hearth-btn", { type: "button", disabled: !canPin || state.busy.has(pinId) || filling,
           title: canPin ? (s.pinned ? "Let LRU evict it again" : "Never evict it; refill it when the daemon starts")
@@ -244,9 +276,10 @@ export function createPanel(root, transport, options = {}) {
   }
 
   function activity() {
-    if (!state.activity.length) return [];
+    const lines = state.log.lines(state.doc?.comfy_pid);
+    if (!lines.length) return [];
     return [h("h3", {}, "Recent activity"), h("ul.hearth-log", {},
-      state.activity.map((a) => h(`li${a.level ? ".is-" + a.level : ""}`, {}, h("time", {}, clock(a.time)), " ", a.text)))];
+      lines.map((a) => h(`li${a.level ? ".is-" + a.level : ""}`, {}, h("time", {}, clock(a.time)), " ", a.text)))];
   }
 
   // ---- the preload control ------------------------------------------------------------------------
@@ -257,45 +290,65 @@ export function createPanel(root, transport, options = {}) {
       if (refused.length) notify(refused.map((r) => r.message || r.code).join("; "), "error");
       else if ((answer?.queued || []).length) notify(`Preloading ${answer.queued.map((q) => q.name || basename(q.path)).join(", ")}`, "info");
     };
-    if (transport.kind === "comfy") {
-      const folder = h("select.hearth-input", { "aria-label": "Model folder" },
-        h("option", { value: "checkpoints" }, "Checkpoint"), h("option", { value: "loras" }, "LoRA"));
-      const list = h("datalist", { id: `hearth-models-${Math.random().toString(36).slice(2)}` });
-      const name = h("input.hearth-input.hearth-grow", { type: "text", list: list.id, placeholder: "model name…",
-        "aria-label": "Model name", autocomplete: "off" });
-      const fill = () => {
-        const names = state.models?.[folder.value] || [];
-        list.replaceChildren(...names.map((n) => h("option", { value: n })));
-        name.placeholder = state.models ? `${names.length} ${folder.value === "loras" ? "LoRAs" : "checkpoints"}…` : "model name…";
-      };
-      folder.addEventListener("change", fill);
-      const go = (e) => {
-        e.preventDefault();
-        if (!name.value.trim()) return;
-        act("preload", () => transport.preload({ folder: folder.value, name: name.value.trim() }), (a) => { msg(a); name.value = ""; });
-      };
-      const el = h("form.hearth-preload", { onsubmit: go }, h("h3", {}, "Preload"),
-        h("div.hearth-row", {}, folder, name, list, h("button.hearth-btn.is-primary", { type: "submit" }, "Preload")));
-      const load = () => transport.models().then((m) => { state.models = m; fill(); }, () => {});
-      load();
-      name.addEventListener("focus", () => { if (!state.models) load(); });
-      return { el, reloadModels: load };
-    }
-    const path = h("input.hearth-input.hearth-grow", { type: "text", placeholder: "/path/to/model.safetensors",
-      "aria-label": "Model file path", autocomplete: "off", spellcheck: "false" });
+    // The daemon's page: one choice per allowed folder; ComfyUI: its checkpoints and LoRAs.
+    const folder = h("select.hearth-input", { "aria-label": transport.kind === "comfy" ? "Model folder" : "Allowed folder" });
+    const list = h("datalist", { id: `hearth-models-${Math.random().toString(36).slice(2)}` });
+    const name = h("input.hearth-input.hearth-grow", { type: "text", list: list.id, placeholder: "model name…",
+      "aria-label": "Model name", autocomplete: "off", spellcheck: "false" });
+    const choices = () => {
+      const m = state.models;
+      if (!m) return [];
+      if (transport.kind === "comfy") return (m[folder.value] || []).map((n) => ({ name: n }));
+      return m.roots?.[Number(folder.value)]?.files || [];
+    };
+    const fill = () => {
+      const m = state.models;
+      if (transport.kind === "comfy") {
+        if (!folder.options.length) folder.append(h("option", { value: "checkpoints" }, "Checkpoint"), h("option", { value: "loras" }, "LoRA"));
+      } else {
+        const roots = m?.roots || [];
+        const keep = folder.value;
+        folder.replaceChildren(...roots.map((r, i) => h("option", { value: String(i), title: r.root }, shortRoot(r.root))));
+        if (keep && Number(keep) < roots.length) folder.value = keep;
+        folder.hidden = roots.length < 2;
+      }
+      const items = choices();
+      list.replaceChildren(...items.map((f) => h("option", { value: f.name },
+        f.size ? `${bytes(f.size)}${f.state ? ` · ${f.state === "ready" ? "cached" : f.state}` : ""}` : "")));
+      const one = items.length === 1;
+      const what = transport.kind === "comfy" ? (folder.value === "loras" ? (one ? "LoRA" : "LoRAs")
+        : (one ? "checkpoint" : "checkpoints")) : (one ? "model" : "models");
+      name.placeholder = m ? `${items.length} ${what}…` : "model name…";
+    };
+    folder.addEventListener("change", fill);
+    const target = (typed) => {
+      if (transport.kind === "comfy") return { folder: folder.value, name: typed };
+      const found = choices().find((f) => f.name === typed);
+      if (found) return { path: found.path };
+      if (typed.startsWith("/")) return { path: typed }; // a path typed by hand: the daemon checks it
+      throw new Error(`no model named ${typed} in ${state.models?.roots?.[Number(folder.value)]?.root ?? "the allowed folders"}`);
+    };
     const go = (e) => {
       e.preventDefault();
-      if (!path.value.trim()) return;
-      act("preload", () => transport.preload({ path: path.value.trim() }), (a) => { msg(a); if (!(a?.refused || []).length) path.value = ""; });
+      const typed = name.value.trim();
+      if (!typed) return;
+      act("preload", async () => transport.preload(target(typed)), (a) => { msg(a); if (!(a?.refused || []).length) name.value = ""; });
     };
-    return { el: h("form.hearth-preload", { onsubmit: go }, h("h3", {}, "Preload"),
-      h("div.hearth-row", {}, path, h("button.hearth-btn.is-primary", { type: "submit" }, "Preload"))) };
+    const el = h("form.hearth-preload", { onsubmit: go }, h("h3", {}, "Preload"),
+      h("div.hearth-row", {}, folder, name, list, h("button.hearth-btn.is-primary", { type: "submit" }, "Preload")));
+    const load = () => transport.models().then((m) => { state.models = m; fill(); }, () => {});
+    fill();
+    load();
+    name.addEventListener("focus", () => load());
+    return { el, reloadModels: load };
   }
 
   // ---- life cycle ---------------------------------------------------------------------------------
 
   stopEvents = transport.connect(onEvent, onLive);
   refresh();
+  loadActivity();
+  settings.load();
   timer = setInterval(refresh, options.refreshMs || REFRESH_MS);
 
   return {
@@ -321,29 +374,16 @@ function fact(label, value, warn = "") {
     h("span.hearth-label", {}, label), " ", h("span", {}, value));
 }
 
-function stat(label, value) {
-  return h("span.hearth-stat", {}, h("b", {}, String(value ?? 0)), " ", label);
+function stat(label, value, title) {
+  return h("span.hearth-stat", { title, dataset: { stat: label } }, h("b", {}, String(value ?? 0)), " ", label);
+}
+
+/** The last two parts of a folder: enough to tell roots apart without the user's whole home path. */
+function shortRoot(root) {
+  const parts = String(root).split("/").filter(Boolean);
+  return parts.length > 2 ? `…/${parts.slice(-2).join("/")}` : String(root);
 }
 
 function confirmAll() {
   return typeof window.confirm !== "function" || window.confirm("Evict every cached model from shared memory?");
-}
-
-function cacheText(ev) {
-  const name = ev.name || basename(ev.path);
-  switch (ev.action) {
-    case "filling": return `filling ${name} (${bytes(ev.size)})`;
-    case "ready": return `${name} ready${typeof ev.seconds === "number" ? ` in ${ev.seconds.toFixed(2)} s` : ""}`;
-    case "evicted": return `${name} ${ev.reason || "evicted"}${ev.pending ? " (memory freed when its holders let go)" : ""}`;
-    case "acquire": return `${name}: ${ev.hit ? "hit" : "miss"}${ev.pid ? ` for pid ${ev.pid}` : ""}`;
-    case "failed": return `${name || "a model"} failed${ev.error?.message ? `: ${ev.error.message}` : ""}`;
-    default: return `${ev.action} ${name}`;
-  }
-}
-
-function loadText(ev) {
-  const what = { hit: "cache hit", miss: "cache miss", fallback: "not cached" }[ev.status] || ev.status;
-  const secs = typeof ev.seconds === "number" ? ` in ${ev.seconds.toFixed(3)} s` : "";
-  const kept = ev.patches_reused ? ", patches reused" : "";
-  return `${ev.kind || "model"} ${ev.name || ""}: ${what}${kept}${secs}${ev.status === "fallback" && ev.reason ? ` (${ev.reason})` : ""}`;
 }

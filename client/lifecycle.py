@@ -71,7 +71,8 @@ def opted_out() -> str | None:
 
 
 def state() -> dict[str, Any]:
-    """What the last check found: state idle|running|started|replaced|outdated|off|failed, reason, pid, version."""
+    """What the last check found: state idle|running|started|replaced|outdated|incompatible|off|failed, reason,
+    pid, version."""
     return dict(_state)
 
 
@@ -101,7 +102,7 @@ def _ensure() -> dict[str, Any]:
     try:
         conn = connect(timeout=5.0, check=False)
         health = conn.get("/v1/health", timeout=5.0)
-    except DaemonUnavailable as e:
+    except DaemonUnavailable:
         if why_not is not None:
             return {"state": "off", "reason": f"the pack does not start it: {why_not}"}
         try:
@@ -112,8 +113,8 @@ def _ensure() -> dict[str, Any]:
         return _up("started", f"started the daemon of {PACK_DIR}", proc.pid)
     version, protocol = health.get("version"), health.get("protocol")
     if not is_older(version):
-        if protocol != PROTOCOL:
-            return {"state": "outdated", "pid": conn.pid, "version": version,
+        if protocol != PROTOCOL:  # a newer daemon this pack cannot talk to: the pack is the one to update
+            return {"state": "incompatible", "pid": conn.pid, "version": version,
                     "reason": f"the running daemon {version} (pid {conn.pid}) speaks protocol {protocol}, this "
                               f"pack {__version__} speaks {PROTOCOL}: update the pack; models load the "
                               f"normal way meanwhile"}
@@ -170,7 +171,7 @@ def _set(**new: Any) -> None:
     if line == _said:
         return
     _said = line
-    if new["state"] in ("failed", "outdated"):
+    if new["state"] in ("failed", "outdated", "incompatible"):
         log.warning("Hearth: %s", new["reason"])
     elif new["state"] in ("started", "replaced"):
         log.info("Hearth: %s (pid %s, version %s); it keeps running after this process exits (`%s` stops it)",

@@ -67,7 +67,8 @@ const segmentRef = (seg) => (seg.folder && seg.name ? { folder: seg.folder, name
 // failed or an outdated daemon left running is told once as a toast; the panel's body says it while it lasts.
 let startSaid = null;
 function sayStart(start) {
-  if (!start || !["failed", "outdated"].includes(start.state) || !start.reason || start.reason === startSaid) return;
+  if (!start || !["failed", "outdated", "incompatible"].includes(start.state) || !start.reason
+      || start.reason === startSaid) return;
   startSaid = start.reason;
   notify(start.reason, start.state === "failed" ? "error" : "info");
 }

@@ -54,7 +54,7 @@ def status(relay: Relay) -> dict:
         doc = connect(timeout=5.0).get("/v1/status")
     except HearthError as e:
         # What the pack did about it says more than "not running"
-        reason = {"failed": start["reason"], "outdated": start["reason"],
+        reason = {"failed": start["reason"], "outdated": start["reason"], "incompatible": start["reason"],
                   "off": f"{e.message}; {start['reason']}"}.get(start["state"]) or e.message
         return {"daemon": "down", "reason": reason, "start": start, "hint": hint("start")}
     if not relay.up:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -143,8 +144,9 @@ def _post(server: ComfyServer, path: str, body: object) -> None:
 def _import_seconds(log: str, pack: Path) -> float:
     """What ComfyUI's "Import times for custom nodes" says of the pack."""
     for line in log.splitlines():
-        if line.strip().endswith(str(pack)) and "seconds" in line:
-            return float(line.split()[0])
+        found = re.search(r"([0-9.]+) seconds: (.*)$", line.strip())
+        if found and found.group(2) == str(pack):  # (0.28 prefixes its lines with a coloured [INFO])
+            return float(found.group(1))
     raise AssertionError(f"no import time for {pack} in ComfyUI's log")
 
 

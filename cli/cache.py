@@ -19,11 +19,13 @@ def _conn():
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    doc = _conn().get("/v1/status")
+    conn = _conn()
+    doc = conn.get("/v1/status")
     if args.json:
         print(json.dumps(doc, indent=1))
         return 0
     print(f"Hearth daemon {doc['version']} (pid {doc['pid']}), up {time.time() - doc['started']:.0f} s")
+    print(f"panel: http://127.0.0.1:{conn.port}/#token={conn.token} (in ComfyUI: the Hearth tab of the sidebar)")
     print(f"cache: {format_size(doc['used'])} of {format_size(doc['budget'])} budget; "
           f"{doc['shm']['dir']}: {format_size(doc['shm']['free'])} free of {format_size(doc['shm']['total'])}")
     s = doc["stats"]

@@ -17,12 +17,14 @@ import fcntl
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
 
 from aiohttp import web
 
+from ..core.command import hint
 from ..core.errors import DaemonUnavailable
 from ..core.home import daemon_info_path, ensure_home
 from ..core.jsonfile import read_json, write_json_atomic
@@ -180,7 +182,12 @@ async def _serve(home: Path, token: str, port: int, on_ready=None, flexible: boo
             on_ready(service, loop, stop, bound, token)
         started = time.time()
         _announce("ready", bound, started)
-        log.info("Hearth daemon %s listening on 127.0.0.1:%d (state in %s)", __version__, bound, home)
+        # The panel's address; its token only to a terminal: a log file keeps no token (SECURITY.md), and
+        # `hearth status` prints the address with it.
+        panel = f"http://127.0.0.1:{bound}/"
+        panel = f"{panel}#token={token}" if sys.stderr.isatty() else f"{panel} (`{hint('status')}` adds its token)"
+        log.info("Hearth daemon %s listening on 127.0.0.1:%d (state in %s); panel: %s", __version__, bound, home,
+                 panel)
         await stop.wait()
         log.info("stopping")
         _announce("stopping", bound, started)

@@ -7,6 +7,7 @@ the page with the token in the URL fragment, as the tray does, and reads the ren
 from __future__ import annotations
 
 import http.client
+import json
 import re
 import shutil
 import subprocess
@@ -228,3 +229,42 @@ def test_panel_preload_pin_evict_settings_and_a_daemon_restart(make_daemon, tmp_
         assert _activity(page) == history
         assert _stats(page) == before
         assert page.errors == [], page.errors
+
+
+# ---- where users are told the panel exists ---------------------------------------------------------
+
+def test_hearth_status_prints_the_panel_with_its_token_and_the_log_without(daemon):
+    r = daemon.cli("status")
+    assert r.returncode == 0, r.stderr
+    assert f"panel: http://127.0.0.1:{daemon.port}/#token={daemon.token}" in r.stdout.splitlines()[1]
+    line = next(x for x in daemon.log().splitlines() if "listening on" in x)
+    assert f"panel: http://127.0.0.1:{daemon.port}/ (" in line and "status" in line and "adds its token" in line
+    assert daemon.token not in daemon.log()  # a log file never holds the token (SECURITY.md)
+
+
+def test_a_daemon_run_in_a_terminal_shows_the_panel_with_its_token(make_daemon):
+    """`hearth daemon` in a terminal: the start line is the address to click, token included."""
+    import os
+    import pty
+    import select
+    import time
+
+    from conftest import PY
+
+    d = make_daemon(start=False)
+    d.home.mkdir(parents=True, mode=0o700)
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([PY, "-m", "comfyui_hearth.cli", "daemon", "--headless"], env=d.env,
+                            stdin=subprocess.DEVNULL, stdout=slave, stderr=slave)
+    os.close(slave)
+    d.proc = proc  # stopped and cleaned by the fixture
+    seen, deadline = b"", time.monotonic() + 30
+    try:
+        while b"listening on" not in seen or not seen.endswith(b"\n"):
+            assert time.monotonic() < deadline, seen.decode(errors="replace")
+            if select.select([master], [], [], 0.5)[0]:
+                seen += os.read(master, 4096)
+    finally:
+        os.close(master)
+    port = json.loads((d.home / "daemon.json").read_text())["port"]
+    assert f"panel: http://127.0.0.1:{port}/#token={d.token}" in seen.decode()

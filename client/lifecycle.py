@@ -162,6 +162,12 @@ def _up(name: str, what: str, spawned: int) -> dict[str, Any]:
     return {"state": name, "reason": what, "pid": conn.pid, "version": conn.version}
 
 
+def _panel() -> str:
+    """Where the pack's user finds the panel. No token: ComfyUI serves its console to every browser that
+    reaches it (the frontend's logs panel), LAN included; `status` prints the standalone page with its token."""
+    return f"its panel: the Hearth tab (a flame) in ComfyUI's sidebar, or the page `{hint('status')}` prints"
+
+
 def _set(**new: Any) -> None:
     """Record the state; say it in one console line when it changed (a failure once, not at every load)."""
     global _said
@@ -174,9 +180,9 @@ def _set(**new: Any) -> None:
     if new["state"] in ("failed", "outdated", "incompatible"):
         log.warning("Hearth: %s", new["reason"])
     elif new["state"] in ("started", "replaced"):
-        log.info("Hearth: %s (pid %s, version %s); it keeps running after this process exits (`%s` stops it)",
-                 new["reason"], new.get("pid"), new.get("version"), hint("stop"))
+        log.info("Hearth: %s (pid %s, version %s); it keeps running after this process exits (`%s` stops it); %s",
+                 new["reason"], new.get("pid"), new.get("version"), hint("stop"), _panel())
     elif new["state"] == "running":
-        log.info("Hearth: using the running daemon %s (pid %s)", new.get("version"), new.get("pid"))
+        log.info("Hearth: using the running daemon %s (pid %s); %s", new.get("version"), new.get("pid"), _panel())
     else:
         log.info("Hearth: no daemon runs and %s", new.get("reason"))

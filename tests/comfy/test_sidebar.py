@@ -189,3 +189,16 @@ def test_activity_and_status_name_models_never_paths(comfy_ui, models):
     assert any(e.get("action") == "pinned" and e["name"] == LORA_A and e["folder"] == "loras" for e in events)
     assert all("path" not in e for e in events)
     call(server, "POST", "/hearth/pin", {"folder": "loras", "name": LORA_A, "pinned": False})
+
+
+def test_console_line_at_load_names_the_panel_without_the_token(comfy_ui):
+    """ComfyUI's console reaches every browser of ComfyUI (its logs panel): the panel is named, the token is not."""
+    server, daemon = comfy_ui
+    deadline = time.monotonic() + 30
+    while "Hearth: using the running daemon" not in server.log():
+        assert time.monotonic() < deadline, server.log()[-3000:]
+        time.sleep(0.2)
+    line = next(x for x in server.log().splitlines() if "Hearth: using the running daemon" in x)
+    assert "its panel: the Hearth tab (a flame) in ComfyUI's sidebar, or the page `" in line and "status` prints" in line
+    token = (daemon.home / "token").read_text().strip()
+    assert token not in server.log()

@@ -14,7 +14,9 @@ and websocket API, one fresh process per measurement, with a private Hearth daem
 6. daemon restart: until its re-adopted segments are served, and the first prompt after it;
 7. with CUDA: host-to-device bandwidth from the segment, pageable and pinned memory; time to the GPU;
 8. split files (FLUX layout: UNETLoader, CLIPLoader, VAELoader) on stock ComfyUI and with Hearth.StockLoaders;
-9. the stock CheckpointLoaderSimple, the same two ways; 10. a diffusers from_pretrained, stock and patch().
+9. the stock CheckpointLoaderSimple, the same two ways; 10. a diffusers from_pretrained, stock and patch();
+11-13 (warm.py): reboot -> first prompt with the warm set and without; a queue of 4 prompts over 2
+checkpoints with the queue's prefetch and without; the first sampler step with eager load and without.
 
 Prints one table (min and median, ratio Hearth / stock, targets) and writes scenarios.json, the chart
 scenarios.png and README-results.md (bench/results/ for a full run, bench/out/quick/ for --quick).

@@ -16,7 +16,7 @@ import psutil
 from harness.checkout import find_comfyui
 
 from . import __doc__ as DOC
-from . import cuda, loading, sharing, stock_loaders, switching
+from . import cuda, loading, sharing, stock_loaders, switching, warm
 from .fixture import CKPT, LORAS, Bench, bench, scenario_models
 from .report import header, markdown, notes
 from .restart import daemon_restart
@@ -58,6 +58,9 @@ def scenarios(b: Bench, repeats: int, counts: tuple[int, ...], segment: Path) ->
         "8": ("split files through the stock loaders", lambda: stock_loaders.split_files(b, repeats)),
         "9": ("stock checkpoint loader", lambda: stock_loaders.stock_checkpoint(b, repeats)),
         "10": ("diffusers from_pretrained through patch()", lambda: stock_loaders.library_hook(b, repeats)),
+        "11": ("reboot -> first prompt, warm set", lambda: warm.reboot_first_prompt(b, repeats)),
+        "12": ("queue of 4 prompts over 2 checkpoints, prefetch", lambda: warm.queue_prefetch(b, repeats)),
+        "13": ("first sampler step, eager load", lambda: warm.eager_first_step(b, repeats)),
     }
 
 

@@ -215,7 +215,9 @@ def rows(doc: dict) -> list[Row]:
         out += _stock_loader_rows(s["9"], "9", "checkpoint via CheckpointLoaderSimple")
     if "10" in s:
         out += _library_rows(s["10"])
-    return out
+    from .warm import rows as warm_rows  # scenarios 11-13 (issue 16); here, as warm.py imports Row
+
+    return out + warm_rows(s)
 
 
 def _pick(counts: dict, count: str, f) -> list[float] | None:
@@ -301,7 +303,9 @@ def notes(doc: dict) -> list[str]:
     if "6" in s:
         out.append(f"scenario 6: acquire after each restart was a hit (no refill): {s['6']['hit']}; the fresh "
                    f"ComfyUI's checkpoint loads: {s['6']['status']}")
-    return out
+    from .warm import notes as warm_notes
+
+    return out + warm_notes(s)
 
 
 def header(doc: dict) -> str:

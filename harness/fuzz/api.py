@@ -350,10 +350,14 @@ class Target:
         wire, tree = self._bytes(req)
         t0 = time.monotonic()
         sock = socket.create_connection(("127.0.0.1", self.port), timeout=HANG_S)
+        cut_short = False
         try:
-            sock.sendall(wire)
-            if req.framing == "garbage":  # it may be a request cut short: end it, or the daemon rightly waits
-                sock.shutdown(socket.SHUT_WR)
+            try:
+                sock.sendall(wire)
+                if req.framing == "garbage":  # maybe a request cut short: end it, or the daemon rightly waits
+                    sock.shutdown(socket.SHUT_WR)
+            except (BrokenPipeError, ConnectionResetError):
+                cut_short = True  # the daemon answered (a bad method, a body too large) and closed meanwhile
             resp = http.client.HTTPResponse(sock, method=req.method.upper() if req.framing != "garbage" else "GET")
             try:
                 resp.begin()
@@ -361,7 +365,8 @@ class Target:
             except (TimeoutError, socket.timeout):
                 raise Violation("hang", f"no answer in {HANG_S:.0f} s") from None
             except (http.client.HTTPException, ConnectionError) as e:
-                if req.framing in ("garbage", "overlong"):  # not HTTP: closing the connection is an answer
+                # not HTTP, or closed while we still sent (its answer may be lost to the reset): an answer
+                if cut_short or req.framing in ("garbage", "overlong"):
                     return f"closed ({type(e).__name__})"
                 raise Violation("no_answer", f"the daemon closed the connection: {type(e).__name__}") from None
         finally:

@@ -63,6 +63,21 @@ def read_info() -> dict | None:
     return info if isinstance(info, dict) and "port" in info and "pid" in info else None
 
 
+def listener_uid(port: int) -> int | None:
+    """The user owning the socket that listens on 127.0.0.1:`port` (Linux's /proc/net/tcp), or None where
+    none does or the table cannot be read."""
+    want = {f"0100007F:{port:04X}", f"00000000:{port:04X}"}  # 127.0.0.1 or 0.0.0.0, as the kernel spells them
+    try:
+        with open("/proc/net/tcp") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 7 and fields[3] == "0A" and fields[1] in want:  # 0A: LISTEN
+                    return int(fields[7])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def connect(timeout: float | None = 10.0, check: bool = True) -> Connection:
     """The running daemon of this user, checked alive and speaking our protocol."""
     info = read_info()
@@ -77,6 +92,12 @@ def connect(timeout: float | None = 10.0, check: bool = True) -> Connection:
         pass  # alive, owned by someone else: the token check below decides
     if info.get("state") == "stopping":
         raise DaemonUnavailable(f"the Hearth daemon (pid {info['pid']}) is stopping")
+    owner = listener_uid(int(info["port"]))
+    if owner is not None and owner != os.getuid():
+        # The daemon died and another user's process took its port (its pid reused, or ours alive but not
+        # listening): the token must not go there, nor an acquire's answer be believed from there.
+        raise DaemonUnavailable(f"port {info['port']} of 127.0.0.1 is held by another user (uid {owner}), not "
+                                f"by this user's daemon; start it with `{hint('start')}`")
     try:
         token = read_token()
     except HearthError as e:

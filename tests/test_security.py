@@ -269,6 +269,61 @@ def test_names_planted_in_a_shared_tmpfs_by_another_user(shared_tmpfs_daemon):
     assert parts == [p.name for p in planted if p.name.endswith(".part")], parts  # the planted one only
 
 
+# ---- a port another user holds ------------------------------------------------------------------------
+
+SYSTEM_PYTHON = "/usr/bin/python3"  # the tests' interpreter lives under /root, which nobody can execute
+NOBODY = 65534
+SQUATTER = """
+import socket, sys
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen()
+print(s.getsockname()[1], flush=True)
+s.settimeout(20)
+try:
+    c, _ = s.accept()
+except OSError:
+    print("nothing", flush=True)
+    sys.exit()
+c.settimeout(5)
+got = c.recv(65536)
+print(repr(got), flush=True)
+c.sendall(b'HTTP/1.1 200 OK\\r\\nContent-Type: application/json\\r\\nContent-Length: 28\\r\\n\\r\\n'
+          b'{"ok": true, "protocol": 99}')
+"""
+
+
+@pytest.mark.skipif(not os.access(SYSTEM_PYTHON, os.X_OK), reason=f"no {SYSTEM_PYTHON} for another user to run")
+def test_a_port_another_user_listens_on_never_gets_the_token(tmp_path, in_process_env):
+    """daemon.json names a port that a process of another user now listens on (the daemon died, its pid
+    was reused or is theirs): the client sends it nothing, no token, and loads the stock way, saying why."""
+    import json
+
+    from conftest import Daemon, assert_same_tensors, reference
+
+    d = Daemon(tmp_path)  # never started: its environment and folders only
+    squatter = subprocess.Popen([SYSTEM_PYTHON, "-c", SQUATTER], user=NOBODY, group=NOBODY, extra_groups=[],
+                                stdout=subprocess.PIPE, text=True, cwd="/")
+    try:
+        port = int(squatter.stdout.readline())
+        d.home.mkdir(mode=0o700)
+        (d.home / "token").write_text("t" * 43)
+        (d.home / "token").chmod(0o600)
+        (d.home / "daemon.json").write_text(json.dumps({"pid": squatter.pid, "port": port, "protocol": 1}))
+        path = make_model(d.models / "m.safetensors")
+        with in_process_env(d):
+            from comfyui_hearth.client import load
+
+            r = load(str(path))
+        assert not r.cached and "another user" in r.reason, r.reason
+        assert_same_tensors(r.tensors, reference(path))
+    finally:
+        squatter.kill()
+        out, _ = squatter.communicate(timeout=10)
+        d.cleanup()
+    assert "Bearer" not in out and "t" * 43 not in out, out
+
+
 # ---- file modes -------------------------------------------------------------------------------------
 
 def test_file_modes(tmp_path):

@@ -4,15 +4,16 @@ The files a FLUX workflow loads separately (UNETLoader, CLIPLoader, VAELoader), 
 names and shapes taken from its own classes on the meta device (in a child process with the checkout on
 its path, like models.py), then random weights. Nothing is downloaded; the same seed gives the same bytes.
 
-- diffusion model: `comfy.ldm.flux.model.Flux` at reduced depth. ComfyUI's detection reads depth, width
-  (img_in), text width (txt_in) and vector width (vector_in) from the file, and `supported_models.Flux`
-  matches on {"image_model": "flux", "guidance_embed": True} only, so any depth is a FLUX it accepts.
-  "tiny": width 256 (2 heads of 128), 1 double and 1 single block, ~10 MB; "bench": FLUX's width 3072
-  with 2 double and 4 single blocks (of 19 and 38), ~2.3 GB bf16.
-- text encoder: CLIP-L as FLUX pairs it (`text_model.*` keys, fp16, 246 MB), loaded with CLIPLoader. The
-  diffusion model takes CLIP-L's 768-wide sequence as its context (txt_in), because FLUX's other encoder,
-  T5-XXL, is a fixed 4.8 B-parameter model in ComfyUI (9.5 GB fp16): a reduced one is not loadable, a full
-  one does not fit beside its segment and page cache on the 24 GB machines here.
+- diffusion model: `comfy.ldm.flux.model.Flux` at FLUX's widths (3072, 24 heads, text context 4096) and
+  reduced depth: detection counts the blocks, and `supported_models.Flux` matches on {"image_model": "flux",
+  "guidance_embed": True} only, so any depth is a FLUX it accepts (0.3.64 fixes width and context; later
+  releases read them from the file). "tiny": 1 double and 1 single block (of 19 and 38), 1.1 GB bf16;
+  "bench": 2 and 4, 2.3 GB.
+- text encoder: CLIP-L (`text_model.*` keys, fp16, 246 MB), loaded with CLIPLoader as type "sd3": ComfyUI's
+  SD3 text model pads CLIP-L's 768-wide sequence to the 4096 FLUX's txt_in takes and gives a 2048-wide
+  pooled vector (vector_in). FLUX's own second encoder, T5-XXL, is a fixed 4.8 B-parameter model in ComfyUI
+  (9.5 GB fp16): a reduced one is not loadable, a full one does not fit beside its segment and page cache
+  on the 24 GB machines here.
 - VAE: FLUX's autoencoder (16 latent channels, `encoder.*`/`decoder.*` keys as in ae.safetensors), fp16.
 """
 
@@ -32,11 +33,13 @@ from .checkout import comfy_env
 from .models import _building, _random_like
 
 # Detection-shaped FLUX configs (comfy.model_detection: flux); in/out 16 channels, 2x2 patches.
-_FLUX_COMMON = {"image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": 768,
-                "context_in_dim": 768, "mlp_ratio": 4.0, "axes_dim": [16, 56, 56], "theta": 10000,
-                "patch_size": 2, "qkv_bias": True, "guidance_embed": True, "txt_ids_dims": []}
-FLUX = {"tiny": {**_FLUX_COMMON, "hidden_size": 256, "num_heads": 2, "depth": 1, "depth_single_blocks": 1},
-        "bench": {**_FLUX_COMMON, "hidden_size": 3072, "num_heads": 24, "depth": 2, "depth_single_blocks": 4}}
+_FLUX_COMMON = {"image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": 2048,
+                "context_in_dim": 4096, "hidden_size": 3072, "num_heads": 24, "mlp_ratio": 4.0,
+                "axes_dim": [16, 56, 56], "theta": 10000, "patch_size": 2, "qkv_bias": True,
+                "guidance_embed": True, "txt_ids_dims": []}
+FLUX = {"tiny": {**_FLUX_COMMON, "depth": 1, "depth_single_blocks": 1},
+        "bench": {**_FLUX_COMMON, "depth": 2, "depth_single_blocks": 4}}
+CLIP_TYPE = "sd3"  # the CLIPLoader type that gives FLUX's context and pooled widths from CLIP-L
 _AE = {"double_z": True, "z_channels": 16, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
        "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
 

@@ -114,7 +114,7 @@ def assignment(args: dict) -> dict:
            "vae": _inside(vae.first_stage_model, shm)}
     unet = comfy.sd.load_diffusion_model(args["unet"])
     out["split_unet"] = _inside(unet.model, shm)
-    te = comfy.sd.load_clip([args["clip"]], clip_type=comfy.sd.CLIPType.STABLE_DIFFUSION)
+    te = comfy.sd.load_clip([args["clip"]], clip_type=comfy.sd.CLIPType.SD3)
     out["split_clip"] = _inside(te.cond_stage_model, shm)
     os.environ["HEARTH_STOCK_LOADERS"] = "0"  # read at every load: this one is ComfyUI's own
     off, _, _, _ = comfy.sd.load_checkpoint_guess_config(args["checkpoint"], output_vae=False, output_clip=False)
@@ -122,8 +122,12 @@ def assignment(args: dict) -> dict:
     os.environ["HEARTH_STOCK_LOADERS"] = "1"
 
     def same_weights(a, b) -> bool:
+        """Same keys, and the same values for every weight read from the file (a parameter no file holds,
+        such as the SD1.5 checkpoint's absent CLIP text_projection, is uninitialised memory in every build)."""
+        ranges = _ranges(shm)
         sa, sb = a.state_dict(), b.state_dict()
-        return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+        from_file = [k for k, t in sa.items() if any(lo <= t.data_ptr() < hi for lo, hi in ranges)]
+        return sa.keys() == sb.keys() and bool(from_file) and all(torch.equal(sa[k], sb[k]) for k in from_file)
 
     # ComfyUI 0.28's reload factories (cached_patcher_init): ComfyUI's own for the stock loader (through
     # the hook again), Hearth's for the Hearth Checkpoint Loader.
@@ -144,6 +148,9 @@ def assignment(args: dict) -> dict:
         factories[label] = {"type": type(fresh).__name__, "same": same_weights(fresh.model, reference),
                             "inside": _inside(fresh.model, shm), "is_dynamic": fresh.is_dynamic()}
     out["factories"] = factories
+    import comfyui_version
+
+    out["comfyui"] = comfyui_version.__version__
     return out
 
 

@@ -26,7 +26,7 @@ from harness.checkout import comfy_env
 from harness.daemon import Daemon
 from harness.models import ModelFolder
 from harness.server import ComfyServer
-from harness.split_models import SplitFolder, build_split
+from harness.split_models import CLIP_TYPE, SplitFolder, build_split
 
 from .comfy_support import CKPT, LORA_A, LORA_B, hearth_graph
 
@@ -39,7 +39,7 @@ def split_graph(split: SplitFolder, seed: int = 1) -> dict:
     """txt2img the FLUX way: diffusion model, text encoder and VAE each from its own file."""
     return {
         "1": {"class_type": "UNETLoader", "inputs": {"unet_name": split.unet, "weight_dtype": "default"}},
-        "2": {"class_type": "CLIPLoader", "inputs": {"clip_name": split.clip, "type": "stable_diffusion"}},
+        "2": {"class_type": "CLIPLoader", "inputs": {"clip_name": split.clip, "type": CLIP_TYPE}},
         "3": {"class_type": "VAELoader", "inputs": {"vae_name": split.vae}},
         "4": {"class_type": "CLIPTextEncode", "inputs": {"text": "a warm hearth", "clip": ["2", 0]}},
         "5": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["2", 0]}},
@@ -212,8 +212,12 @@ def test_stock_builders_assign_the_segment_and_reload_factories_go_through_heart
     # UNet, CLIP and VAE (TAESD) of the checkpoint, the FLUX model and CLIP-L: their weights are the
     # segments' pages, not copies (what is left are ComfyUI's own buffers, absent from the files: position
     # ids, sigma tables, well under 1 %); with the setting off, ComfyUI's own copy.
-    for part in ("unet", "clip", "vae", "split_unet", "split_clip"):
+    for part in ("unet", "clip", "split_unet", "split_clip"):
         assert found[part] > 0.99, (part, found)
+    # 0.3.64 builds TAESD from plain torch convolutions and casts it with .to(dtype) after the load: a copy
+    # there (5 MB), as in stock; later releases build it from ComfyUI's ops, which keep it assigned.
+    if tuple(int(x) for x in found["comfyui"].split(".")[:2]) >= (0, 13):
+        assert found["vae"] > 0.99, found
     assert found["unet_setting_off"] == 0.0
     factories = found["factories"]
     # 0.28 has reload factories (0.3.64 and 0.13 have none): where ComfyUI's loaders set one, Hearth's

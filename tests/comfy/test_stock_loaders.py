@@ -67,8 +67,11 @@ def yaml(models: ModelFolder, split: SplitFolder, tmp_path_factory: pytest.TempP
     return path
 
 
+START_S = 300  # a ComfyUI start takes 5-8 s alone, minutes on a machine shared with other work
+
+
 def _started(server: ComfyServer) -> Iterator[ComfyServer]:
-    server.start()
+    server.start(timeout=START_S)
     try:
         yield server
     finally:
@@ -139,7 +142,8 @@ def test_the_setting_in_comfyuis_settings_applies_to_the_next_load(comfy_checkou
     settings.parent.mkdir(parents=True)
     settings.write_text(json.dumps({"Hearth.StockLoaders": False}))
     env = {"HEARTH_HOME": str(daemon.home), "HEARTH_DISABLE": None, "HEARTH_STOCK_LOADERS": None}
-    with ComfyServer(comfy_checkout, base, yaml, env) as server:
+    server = ComfyServer(comfy_checkout, base, yaml, env).start(timeout=START_S)
+    try:
         graph = split_graph(split, seed=3)
         run = server.run(graph)
         assert run.hearth_loads() == []  # off: ComfyUI's own reads
@@ -153,6 +157,8 @@ def test_the_setting_in_comfyuis_settings_applies_to_the_next_load(comfy_checkou
         run = server.run(sd)
         assert [e["kind"] for e in run.hearth_loads()] == ["checkpoints"]
         np.testing.assert_array_equal(run.pixels(), reference.run(sd).pixels())
+    finally:
+        server.stop()
 
 
 def _in_comfy(checkout: Path, case: str, args: dict, hearth_home: Path) -> dict:

@@ -38,7 +38,9 @@ def list_models(roots: list[str], limit: int = MAX_FILES) -> dict:
                 dirs[:] = []
                 continue
             seen_dirs.add(real_folder)
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            # real folders before links to folders, so a folder is named by its own name where it has one
+            dirs[:] = sorted((d for d in dirs if not d.startswith(".")),
+                             key=lambda d: (os.path.islink(os.path.join(folder, d)), d))
             for n in sorted(names):
                 if n.startswith(".") or not is_cached_kind(n):
                     continue

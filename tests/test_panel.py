@@ -207,6 +207,10 @@ def test_panel_preload_pin_evict_settings_and_a_daemon_restart(make_daemon, tmp_
         page.click('.hearth-setting[data-setting="autostart"] input')
         d.wait_for(lambda: not login_units.state({"XDG_CONFIG_HOME": str(xdg)})["enabled"], what="no start at login")
 
+        # The VRAM node's explanation keeps its lines
+        d.ok("POST", "/v1/strategy", {"strategy": "cpu", "model": "m", "explanation": "Hearth VRAM plan for m\nChose cpu"})
+        assert page.wait("document.querySelector('.hearth-explanation')?.innerText") == "Hearth VRAM plan for m\nChose cpu"
+
         before = _stats(page)
         assert before == {"hits": 1, "misses": 0, "fills": 1, "evictions": 1}, before
         history = _activity(page)
@@ -268,3 +272,78 @@ def test_a_daemon_run_in_a_terminal_shows_the_panel_with_its_token(make_daemon):
         os.close(master)
     port = json.loads((d.home / "daemon.json").read_text())["port"]
     assert f"panel: http://127.0.0.1:{port}/#token={d.token}" in seen.decode()
+
+
+# ---- the daemon's side of the panel ---------------------------------------------------------------
+
+def test_model_list_names_cacheable_files_under_each_root(make_daemon, tmp_path):
+    """GET /v1/models: what the standalone picker offers, relative to the root; only what a preload would take."""
+    import os
+
+    d = make_daemon()
+    m = d.models
+    a = make_model(m / "sd15" / "a.safetensors")
+    make_model(m / "b.sft", seed=1)
+    (m / "c.ckpt").write_bytes(b"a pickle: never cached, never offered")
+    make_model(m / ".cache" / "hidden.safetensors", seed=2)
+    outside = make_model(tmp_path / "elsewhere" / "outside.safetensors", seed=3)
+    os.symlink(outside, m / "link-out.safetensors")  # leads out of the allowed folder: refused, so not offered
+    os.symlink(m / "sd15", m / "again")  # a second name of a folder: walked once
+    os.symlink(m, m / "sd15" / "loop")  # a loop: no hang
+    d.ok("POST", "/v1/preload", {"paths": [str(a)]})
+    d.wait_for(lambda: (d.segment(a) or {}).get("state") == "ready", what="the preload")
+
+    doc = d.ok("GET", "/v1/models")
+    [root] = doc["roots"]
+    assert root["root"] == str(m) and doc["truncated"] is False
+    files = {f["name"]: f for f in root["files"]}
+    assert set(files) == {"b.sft", "sd15/a.safetensors"}, files
+    assert files["sd15/a.safetensors"]["path"] == str(a) and files["sd15/a.safetensors"]["state"] == "ready"
+    assert files["b.sft"]["state"] is None and files["b.sft"]["size"] == (m / "b.sft").stat().st_size
+    for f in files.values():  # each one a preload takes
+        assert d.ok("POST", "/v1/preload", {"paths": [f["path"]]})["refused"] == []
+
+
+def test_activity_is_numbered_kept_across_restarts_and_bounded(make_daemon):
+    from comfyui_hearth.daemon.activity import MAX_EVENTS
+
+    d = make_daemon()
+    p = make_model(d.models / "m.safetensors")
+    d.acquire(p)
+    d.acquire(p)
+    d.ok("POST", "/v1/pin", {"path": str(p)})
+    d.ok("POST", "/v1/pin", {"path": str(p), "pinned": False})
+    d.ok("POST", "/v1/evict", {"path": str(p)})
+    d.ok("POST", "/v1/config", {"budget": "1G", "model_dirs": [str(d.models)]})
+    doc = d.ok("GET", "/v1/activity")
+    kinds = [(e["type"], e.get("action")) for e in doc["events"]]
+    assert kinds == [("cache", "filling"), ("cache", "ready"), ("cache", "acquire"), ("cache", "acquire"),
+                     ("cache", "pinned"), ("cache", "unpinned"), ("cache", "evicted"), ("config", None)], kinds
+    seqs = [e["seq"] for e in doc["events"]]
+    assert seqs == list(range(1, 9)) and doc["seq"] == 8
+    config = doc["events"][-1]
+    assert config["changes"] == {"budget": "1G"} and config["changed"] == ["budget", "model_dirs"]  # no paths
+    assert doc["totals"] == {"hits": 1, "misses": 1, "fills": 1, "evictions": 1}
+    assert [e["seq"] for e in d.ok("GET", "/v1/activity?after=6")["events"]] == [7, 8]
+    assert d.api("GET", "/v1/activity?after=x")[0] == 400
+
+    d.stop()
+    d.start()
+    again = d.ok("GET", "/v1/activity")
+    assert again["events"] == doc["events"] and again["totals"] == doc["totals"]
+    assert d.status()["totals"] == doc["totals"] and d.status()["stats"]["fills"] == 0
+    for n in range(MAX_EVENTS):
+        d.ok("POST", "/v1/config", {"max_fills": 1 + n % 4})
+    kept = d.ok("GET", "/v1/activity")["events"]
+    assert len(kept) == MAX_EVENTS and kept[-1]["seq"] == 8 + MAX_EVENTS
+
+
+def test_autostart_route(make_daemon, tmp_path):
+    d = make_daemon(env={"XDG_CONFIG_HOME": str(tmp_path / "xdg")})
+    assert d.ok("GET", "/v1/autostart")["enabled"] is False
+    status, doc = d.api("POST", "/v1/autostart", {})
+    assert status == 400 and doc["error"]["code"] == "bad_request"
+    assert d.api("POST", "/v1/autostart", {"enabled": "yes"})[0] == 400
+    assert d.ok("POST", "/v1/autostart", {"enabled": True})["enabled"] is True
+    assert (tmp_path / "xdg" / "autostart" / "comfyui-hearth.desktop").exists()
+    assert d.ok("POST", "/v1/autostart", {"enabled": False})["enabled"] is False

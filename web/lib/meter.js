@@ -8,7 +8,7 @@ export function createMeter({ onClick }) {
   const ramFill = h("span.hearth-meter-fill");
   const cacheText = h("span.hearth-meter-value");
   const ramText = h("span.hearth-meter-value");
-  const item = (label, value, fillEl) => h("span.hearth-meter-item", {},
+  const item = (label, value, fillEl) => h(`span.hearth-meter-item.is-${label.toLowerCase()}`, {},
     h("span.hearth-meter-head", {}, h("span.hearth-meter-label", {}, label), value),
     h("span.hearth-meter-bar", {}, fillEl));
   const el = h("button.hearth-meter", { type: "button", onclick: onClick, "aria-label": "Hearth: open the panel" },

@@ -46,6 +46,9 @@ class Loaded:
     key: str | None = None
     # The header's __metadata__ as read from the segment (None where it has none); the fallback reads none.
     metadata: dict[str, str] | None = None
+    # The segment's bytes and how long its fill took (for a miss: what this load waited); None for a fallback.
+    size: int | None = None
+    fill_seconds: float | None = None
 
 
 def _say_once(code: str, message: str) -> None:
@@ -148,7 +151,8 @@ def load(path: str | os.PathLike, stock_device: str | int | torch.device = "cpu"
         try:
             tensors, metadata, answer = _from_daemon(path)
             return Loaded(path, tensors, True, bool(answer.get("hit")), time.perf_counter() - t0,
-                          key=answer.get("key"), metadata=metadata or None)
+                          key=answer.get("key"), metadata=metadata or None, size=answer.get("size"),
+                          fill_seconds=answer.get("fill_seconds"))
         except HearthError as e:
             reason, code = e.message, e.code
         except Exception as e:  # noqa: BLE001 - any failure of the cached path is a stock load, never an error

@@ -61,6 +61,10 @@ class Run:
         """What the Hearth nodes reported of their loads (`hearth.load`: kind, name, status, seconds, ...)."""
         return self.events("hearth.load")
 
+    def progress_texts(self) -> dict[str, str]:
+        """The last progress text ComfyUI sent for each node (what the frontend shows on it), by node id."""
+        return {d["node"]: d["text"] for d in self.events("progress_text")}
+
     def pixels(self):
         """The prompt's one image as an RGB numpy array: PNG files differ in the graph they embed, pixels must not."""
         import numpy as np  # the test and bench extras' dependency, not the pack's
@@ -74,6 +78,15 @@ class Run:
         """Seconds from each node's `executing` message to the next one: its time as the client sees it."""
         starts = [(t, d.get("node")) for t, k, d in self.messages if k == "executing"]
         return {node: t1 - t0 for (t0, node), (t1, _) in zip(starts, starts[1:]) if node is not None}
+
+
+def _progress_text(frame: bytes) -> dict | None:
+    """A binary frame of type 3 (PromptServer.send_progress_text: node id length, node id, text) as
+    {"node", "text"}; None for any other frame (previews)."""
+    if len(frame) < 8 or int.from_bytes(frame[:4], "big") != 3:
+        return None
+    n = int.from_bytes(frame[4:8], "big")
+    return {"node": frame[8:8 + n].decode(), "text": frame[8 + n:].decode()}
 
 
 class ComfyServer:
@@ -187,8 +200,13 @@ class ComfyServer:
                     if left <= 0:
                         raise ComfyError(f"prompt {prompt_id} not done in {timeout:.0f} s:\n{self.log()[-3000:]}")
                     msg = await ws.receive(timeout=left)
+                    if msg.type == aiohttp.WSMsgType.BINARY:  # previews, and nodes' progress texts
+                        text = _progress_text(msg.data)
+                        if text is not None:
+                            messages.append((time.perf_counter(), "progress_text", text))
+                        continue
                     if msg.type != aiohttp.WSMsgType.TEXT:
-                        continue  # binary frames are previews
+                        continue
                     doc = json.loads(msg.data)
                     data = doc.get("data", {})
                     messages.append((time.perf_counter(), doc["type"], data))
@@ -201,6 +219,16 @@ class ComfyServer:
                         break
         history = self.get(f"/history/{prompt_id}")[prompt_id]
         return Run(prompt_id, history, self._images(history), messages)
+
+    def finished(self, prompt_id: str, timeout: float = 600.0) -> Run:
+        """A prompt someone else queued (a browser, as its own client), once /history has it done; no messages."""
+        deadline = time.monotonic() + timeout
+        while (history := self.get(f"/history/{prompt_id}").get(prompt_id)) is None or \
+                not history.get("status", {}).get("completed"):
+            if time.monotonic() > deadline:
+                raise ComfyError(f"prompt {prompt_id} not done in {timeout:.0f} s:\n{self.log()[-3000:]}")
+            time.sleep(0.25)
+        return Run(prompt_id, history, self._images(history))
 
     def _images(self, history: dict) -> list[bytes]:
         out = []

@@ -88,8 +88,9 @@ def _serve(ckpt: object, device: object) -> tuple[dict, dict | None] | None:
         return None
     t0 = time.perf_counter()
     loaded = load(path)
-    if not loaded.cached:
-        return None  # the client said why; ComfyUI's own read runs, with its own options
+    if not loaded.cached:  # the client said why, and the node says it too; ComfyUI's own read runs, its way
+        _report(where, loaded, time.perf_counter() - t0)
+        return None
     build.mark_shared(loaded.tensors, loaded.key)
     _report(where, loaded, time.perf_counter() - t0)
     # A copy: loaders write into the metadata they get (VAELoader's taef2 hint) and the header is cached.

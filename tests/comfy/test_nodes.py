@@ -129,6 +129,8 @@ def test_daemon_down_loads_the_stock_way_and_says_why_once(comfy_checkout, model
             np.testing.assert_array_equal(run.pixels(), stock(loras))
             assert {e["status"] for e in run.hearth_loads()} == {"fallback"}
             reasons |= {e["reason"] for e in run.hearth_loads()}
+            # and the node says it (nodes/status.py: the reason, at most 160 characters, then the time)
+            assert run.progress_texts()["8"].startswith(f"Hearth: not cached: {run.hearth_loads()[-1]['reason'][:20]}")
         [reason] = reasons
         assert reason and server.log().count(reason) == 1, server.log()
     finally:

@@ -46,9 +46,11 @@ LOADERS: dict[str, tuple[tuple[str, str, int], ...]] = {
     "StyleModelLoader": (("style_model_name", "style_models", 0),),
     "GLIGENLoader": (("gligen_name", "gligen", 0),),
     "HearthCheckpointLoader": (("ckpt_name", "checkpoints", 0),),
-    # lora_i, strength_model_i, strength_clip_i per slot (nodes/lora.py)
+    # the first version's fixed slots lora_1..lora_4, still in saved graphs (nodes/lora.py); now: STACKS
     "HearthLoraSwapper": tuple((f"lora_{i}", "loras", 3 * (i - 1)) for i in (1, 2, 3, 4)),
 }
+# Loaders whose one input (widget 0) is a stack of rows {"on", "lora", ...}: class_type -> (input, folder).
+STACKS: dict[str, tuple[str, str]] = {"HearthLoraSwapper": ("loras", "loras")}
 HEARTH_LOADERS = frozenset({"HearthCheckpointLoader", "HearthLoraSwapper"})
 STOCK_LOADERS = frozenset(LOADERS) - HEARTH_LOADERS
 
@@ -124,6 +126,13 @@ def read_workflow(path: str | Path) -> Any:
         raise WorkflowError(f"{path} is not a JSON workflow ({e})") from None
 
 
+def _stack_names(value: Any) -> list[str]:
+    """The files of a stack's rows that are on; the API format may wrap the rows as {"__value__": rows}."""
+    rows = value.get("__value__") if isinstance(value, dict) else value
+    return [r["lora"] for r in rows if isinstance(r, dict) and r.get("on", True)
+            and is_model_name(r.get("lora"))] if isinstance(rows, list) else []
+
+
 def _api_models(prompt: dict, classes: Container[str]) -> Iterator[ModelRef]:
     for node_id, node in prompt.items():
         if not isinstance(node, dict):
@@ -135,6 +144,10 @@ def _api_models(prompt: dict, classes: Container[str]) -> Iterator[ModelRef]:
         for name, folder, _ in LOADERS[class_type]:
             value = _literal(prompt, inputs.get(name))
             if is_model_name(value):
+                yield ModelRef(folder, value, str(node_id), class_type, name)
+        if class_type in STACKS:
+            name, folder = STACKS[class_type]
+            for value in _stack_names(inputs.get(name)):
                 yield ModelRef(folder, value, str(node_id), class_type, name)
 
 
@@ -182,4 +195,8 @@ def _ui_models(workflow: dict, classes: Container[str]) -> Iterator[ModelRef]:
             else:
                 value = None
             if is_model_name(value):
+                yield ModelRef(folder, value, str(node.get("id")), class_type, name)
+        if class_type in STACKS and isinstance(values, (list, dict)) and values:
+            name, folder = STACKS[class_type]
+            for value in _stack_names(values.get(name) if isinstance(values, dict) else values[0]):
                 yield ModelRef(folder, value, str(node.get("id")), class_type, name)

@@ -27,10 +27,13 @@ def test_the_pack_s_example_workflows_in_both_formats():
         assert _names(from_ui) == _names(from_api) and from_ui, ui.name
     lora = models_in(read_workflow(REPO / "example_workflows" / "hearth_lora_stack.json"))
     assert _names(lora) == [("checkpoints", "v1-5-pruned-emaonly-fp16.safetensors"),
-                            ("loras", "example_style_lora.safetensors"),
-                            ("loras", "example_detail_lora.safetensors")]  # the empty slots ("None") are not files
+                            ("loras", "MoXinV1.safetensors")]  # the stack's row that is off loads nothing
     assert {(r.class_type, r.input) for r in lora} == {("HearthCheckpointLoader", "ckpt_name"),
-                                                      ("HearthLoraSwapper", "lora_1"), ("HearthLoraSwapper", "lora_2")}
+                                                      ("HearthLoraSwapper", "loras")}
+    old_slots = {"nodes": [{"id": 8, "type": "HearthLoraSwapper",  # the first version's four slots
+                            "widgets_values": ["a.safetensors", 1, 1, "None", 1, 1, "b.safetensors", 1, 1,
+                                               "None", 1, 1]}]}
+    assert _names(models_in(old_slots)) == [("loras", "a.safetensors"), ("loras", "b.safetensors")]
 
 
 def test_api_format_by_class_and_input_links_and_duplicates():
@@ -129,20 +132,19 @@ def test_locate_prefers_the_folder_of_the_kind_and_says_when_ambiguous(tmp_path)
 def test_cli_preload_workflow_ui_and_api(daemon, tmp_path):
     d = daemon
     ckpt = make_model(d.models / "checkpoints" / "v1-5-pruned-emaonly-fp16.safetensors", seed=1)
-    lora = make_model(d.models / "loras" / "example_style_lora.safetensors", seed=2)
     ui = REPO / "example_workflows" / "hearth_lora_stack.json"
     r = d.cli("preload", "--workflow", str(ui))
     assert r.returncode == 1, r.stderr
-    assert r.stdout.splitlines() == ["loras/example_detail_lora.safetensors"]  # the one it cannot find
+    assert r.stdout.splitlines() == ["loras/MoXinV1.safetensors"]  # the one it cannot find
     assert "1 model(s) of the workflow not found" in r.stderr
-    assert {s["path"]: s["state"] for s in d.status()["segments"]} == {str(ckpt): "ready", str(lora): "ready"}
+    assert {s["path"]: s["state"] for s in d.status()["segments"]} == {str(ckpt): "ready"}
 
-    make_model(d.models / "loras" / "example_detail_lora.safetensors", seed=3)
+    make_model(d.models / "loras" / "MoXinV1.safetensors", seed=3)
     api = tmp_path / "api.json"
     api.write_text((REPO / "harness" / "graphs" / "hearth_lora_stack_api.json").read_text())
     r = d.cli("preload", "--workflow", str(api))
     assert r.returncode == 0 and r.stdout == "", r.stderr
-    assert len(d.status()["segments"]) == 3
+    assert len(d.status()["segments"]) == 2
 
     second = tmp_path / "second" / "models"  # another allowed models folder with a checkpoint of that name
     make_model(second / "checkpoints" / "v1-5-pruned-emaonly-fp16.safetensors", seed=4)
@@ -150,7 +152,7 @@ def test_cli_preload_workflow_ui_and_api(daemon, tmp_path):
     r = d.cli("preload", "--workflow", str(ui))
     assert r.returncode == 0, r.stderr
     assert "checkpoints/v1-5-pruned-emaonly-fp16.safetensors is ambiguous" in r.stderr
-    assert len(d.status()["segments"]) == 4
+    assert len(d.status()["segments"]) == 3
 
     notes = tmp_path / "notes.json"
     notes.write_text(json.dumps({"hello": "world"}))

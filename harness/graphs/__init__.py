@@ -4,6 +4,10 @@ Each <name>_api.json in this folder is what POST /prompt takes for the UI graph 
 (ComfyUI's templates browser lists those; a UI graph cannot be queued as it is): the same node ids, links and
 widget values, which tests/comfy/test_workflows.py checks. The stock twin swaps the pack's nodes for
 CheckpointLoaderSimple and a chain of LoraLoaders, so a run can be compared with stock ComfyUI's.
+
+The swapper's stack is its `loras` input, as the frontend sends it: {"__value__": [row, ...]}, each row
+{"on", "lora", "strength_model", "strength_clip"} (nodes/lora.py). Graphs saved before the stack had rows
+carry the four fixed slots lora_1..lora_4; `legacy_stack` writes that shape, and to_stock reads both.
 """
 
 from __future__ import annotations
@@ -13,9 +17,10 @@ import json
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-LORA_SLOTS = 4  # nodes/lora.py SLOTS; the graphs carry all of them
+LEGACY_SLOTS = 4  # nodes/lora.py LEGACY_SLOTS: the fixed stack of the first version
 
-Lora = tuple[str, float, float]  # name, strength_model, strength_clip
+# name, strength_model, strength_clip[, on (default True)]
+Lora = tuple[str, float, float] | tuple[str, float, float, bool]
 
 
 def load(name: str) -> dict:
@@ -41,12 +46,8 @@ def configure(graph: dict, ckpt: str, loras: list[Lora] | None = None, size: int
     for n in _nodes(g, "HearthCheckpointLoader"):
         n["inputs"]["ckpt_name"] = ckpt
     for n in _nodes(g, "HearthLoraSwapper"):
-        stack = list(loras or [])
-        if len(stack) > LORA_SLOTS:
-            raise ValueError(f"at most {LORA_SLOTS} LoRAs")
-        for i in range(1, LORA_SLOTS + 1):
-            name, sm, sc = stack[i - 1] if i <= len(stack) else ("None", 1.0, 1.0)
-            n["inputs"].update({f"lora_{i}": name, f"strength_model_{i}": sm, f"strength_clip_{i}": sc})
+        n["inputs"] = {k: v for k, v in n["inputs"].items() if k in ("model", "clip")}
+        n["inputs"]["loras"] = {"__value__": [_row(lora) for lora in loras or []]}
     for n in _nodes(g, "EmptyLatentImage"):
         n["inputs"].update(width=size, height=size)
     for n in _nodes(g, "KSampler"):
@@ -56,8 +57,38 @@ def configure(graph: dict, ckpt: str, loras: list[Lora] | None = None, size: int
     return g
 
 
+def _row(lora: Lora) -> dict:
+    name, sm, sc, *on = lora
+    return {"on": on[0] if on else True, "lora": name, "strength_model": sm, "strength_clip": sc}
+
+
+def legacy_stack(graph: dict, loras: list[Lora]) -> dict:
+    """A copy of `graph` whose swappers carry `loras` in the first version's four slots (rows that are on)."""
+    stack = [lora[:3] for lora in loras if len(lora) < 4 or lora[3]]
+    if len(stack) > LEGACY_SLOTS:
+        raise ValueError(f"the old stack had {LEGACY_SLOTS} slots")
+    g = copy.deepcopy(graph)
+    for n in _nodes(g, "HearthLoraSwapper"):
+        n["inputs"] = {k: v for k, v in n["inputs"].items() if k in ("model", "clip")}
+        for i in range(1, LEGACY_SLOTS + 1):
+            name, sm, sc = stack[i - 1] if i <= len(stack) else ("None", 1.0, 1.0)
+            n["inputs"].update({f"lora_{i}": name, f"strength_model_{i}": sm, f"strength_clip_{i}": sc})
+    return g
+
+
+def stack_of(inputs: dict) -> list[Lora]:
+    """The LoRAs a swapper's inputs apply, in order (rows that are on; the old slots that name one)."""
+    if "loras" in inputs:
+        value = inputs["loras"]
+        rows = value["__value__"] if isinstance(value, dict) else value
+        return [(r["lora"], r.get("strength_model", 1.0), r.get("strength_clip", 1.0)) for r in rows
+                if r.get("on", True) and r["lora"] != "None"]
+    return [(inputs[f"lora_{i}"], inputs[f"strength_model_{i}"], inputs[f"strength_clip_{i}"])
+            for i in range(1, LEGACY_SLOTS + 1) if inputs.get(f"lora_{i}", "None") != "None"]
+
+
 def to_stock(graph: dict) -> dict:
-    """The same graph with ComfyUI's own nodes: CheckpointLoaderSimple, and one LoraLoader per used slot."""
+    """The same graph with ComfyUI's own nodes: CheckpointLoaderSimple, and one LoraLoader per applied row."""
     g = copy.deepcopy(graph)
     for n in _nodes(g, "HearthCheckpointLoader"):
         n["class_type"] = "CheckpointLoaderSimple"
@@ -65,14 +96,11 @@ def to_stock(graph: dict) -> dict:
         swapper = g.pop(node_id)
         inputs = swapper["inputs"]
         model, clip = inputs["model"], inputs["clip"]
-        for i in range(1, LORA_SLOTS + 1):
-            name = inputs[f"lora_{i}"]
-            if name == "None":
-                continue
+        for i, (name, strength_model, strength_clip) in enumerate(stack_of(inputs), 1):
             loader_id = f"{node_id}.{i}"
             g[loader_id] = {"class_type": "LoraLoader", "inputs": {
                 "model": model, "clip": clip, "lora_name": name,
-                "strength_model": inputs[f"strength_model_{i}"], "strength_clip": inputs[f"strength_clip_{i}"]}}
+                "strength_model": strength_model, "strength_clip": strength_clip}}
             model, clip = [loader_id, 0], [loader_id, 1]
         for n in g.values():  # rewire the swapper's consumers to the end of the chain
             for k, v in n["inputs"].items():

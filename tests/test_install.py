@@ -179,7 +179,8 @@ def test_a_pip_install_offers_the_console_script(tree, tmp_path):
     [wheel] = wheels.glob("comfyui_hearth-0.1.0-*.whl")
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
-    site = Path(subprocess.run([venv / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+    site = Path(subprocess.run([venv / "bin" / "python", "-c",
+                                "import sysconfig; print(sysconfig.get_path('purelib'))"],
                                capture_output=True, text=True, check=True).stdout.strip())
     # A path line, not a site dir: this Python's packages are found, its .pth hooks (an editable install) are not.
     (site / "base.pth").write_text(sysconfig.get_path("purelib") + "\n")

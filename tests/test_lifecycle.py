@@ -321,11 +321,13 @@ def _start_older(d, tmp_path: Path) -> subprocess.Popen:
     return proc
 
 
-ENSURE = """
-from comfyui_hearth.client import lifecycle
-lifecycle.keep()
-say(**lifecycle.ensure())
-"""
+def _ensure(d) -> dict:
+    """What a process that keeps the daemon (the pack in ComfyUI) does at load; in a light process (no torch)."""
+    code = ("import json; from comfyui_hearth.client import lifecycle; lifecycle.keep(); "
+            "print(json.dumps(lifecycle.ensure()))")
+    r = subprocess.run([PY, "-c", code], env=d.env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.splitlines()[-1])
 
 
 def test_an_older_idle_daemon_is_replaced_and_its_segments_survive(make_daemon, tmp_path):
@@ -334,15 +336,14 @@ def test_an_older_idle_daemon_is_replaced_and_its_segments_survive(make_daemon, 
     old = _start_older(d, tmp_path)
     path = make_model(d.models / "w.safetensors", seed=5)
     key = d.acquire(path)["key"]
-    code, lines, err = d.run_client(ENSURE)
-    assert code == 0, err
-    assert lines[0]["state"] == "replaced" and lines[0]["version"] == "0.1.0", lines
-    assert "replaced the daemon 0.0.1" in lines[0]["reason"]
+    state = _ensure(d)
+    assert state["state"] == "replaced" and state["version"] == "0.1.0", state
+    assert "replaced the daemon 0.0.1" in state["reason"]
     assert old.wait(10) == 0
     info = _info(d)
     d.port = info["port"]
     try:
-        assert info["version"] == "0.1.0" and info["pid"] == lines[0]["pid"] != old.pid
+        assert info["version"] == "0.1.0" and info["pid"] == state["pid"] != old.pid
         assert d.segment(path)["state"] == "ready"  # re-adopted from the index, not refilled
         again = d.acquire(path)
         assert again["hit"] and again["key"] == key and d.status()["stats"]["fills"] == 0
@@ -366,17 +367,14 @@ def test_an_older_daemon_in_use_stays_and_the_user_is_told_what_to_do(make_daemo
         sys.stdin.readline()
     """)
     assert holder.read() == {"held": True}
-    code, lines, err = d.run_client(ENSURE)
-    assert code == 0, err
-    s = lines[0]
+    s = _ensure(d)
     assert s["state"] == "outdated" and s["pid"] == old.pid, s
     assert "0.0.1" in s["reason"] and "in use" in s["reason"] and "restart" in s["reason"], s
     assert old.poll() is None and d.status()["version"] == "0.0.1"  # still serving
     holder.tell()
     assert holder.finish()[0] == 0
     # once nobody uses it, the next check replaces it
-    code, lines, err = d.run_client(ENSURE)
-    assert lines[0]["state"] == "replaced", (lines, err)
+    assert _ensure(d)["state"] == "replaced"
     assert old.wait(10) == 0
     os.kill(_info(d)["pid"], signal.SIGTERM)
 

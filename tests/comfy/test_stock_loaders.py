@@ -119,7 +119,17 @@ def test_split_flux_files_give_stock_pixels_from_segments(reference, hooked, spl
     assert expected.std() > 1
     loads = {(e["kind"], e["name"]) for e in run.hearth_loads()}
     assert loads == {("diffusion_models", split.unet), ("text_encoders", split.clip), ("vae", split.vae)}
-    assert all(_segments_mapped(hooked.proc.pid, daemon, split.files).values())
+    mapped = _segments_mapped(hooked.proc.pid, daemon, split.files)
+    # 0.3.64 casts the VAE with .to(dtype) after its load (a copy, as in stock), so its views go; later
+    # releases keep the VAE's weights assigned (ComfyUI's ops cast per call).
+    if _release(hooked) < (0, 13):
+        mapped.pop(split.vae)
+    assert all(mapped.values()), mapped
+
+
+def _release(server: ComfyServer) -> tuple[int, ...]:
+    version = server.get("/system_stats")["system"]["comfyui_version"]
+    return tuple(int(x) for x in version.split(".")[:2])
 
 
 def test_a_lora_chain_switching_back_reuses_its_patches(reference, hooked):

@@ -185,12 +185,25 @@ def cmd_config(args: argparse.Namespace) -> int:
             return 2
     else:
         doc = conn.get("/v1/config")
+    sources = doc.get("sources", {})  # the settings, and where each value in effect comes from
     if args.key and args.value is None:
-        if args.key not in doc:
+        if args.key not in sources:
             print(f"hearth config: unknown setting {args.key!r}", file=sys.stderr)
             return 2
-        print(json.dumps(doc[args.key]))
-    else:
-        for k, v in sorted(doc.items()):
-            print(f"{k} = {json.dumps(v)}")
+        print(json.dumps(doc[args.key]))  # the value alone: what a script reads
+        return 0
+    for k in sorted(sources):
+        print(f"{k} = {json.dumps(doc[k])}  ({_in_effect(k, doc)})")
     return 0
+
+
+def _in_effect(key: str, doc: dict) -> str:
+    """Where a setting's value comes from, and what it amounts to where that is not the value itself."""
+    where = doc["sources"][key]
+    if key == "budget":
+        return f"{where}; {format_size(doc['budget_bytes'])} in effect"
+    if key == "model_dirs":
+        roots = doc.get("roots_in_effect", {})
+        allowed = ", ".join(f"{path} ({origin})" for path, origin in sorted(roots.items()))
+        return f"{where}; allowed folders in effect: {allowed or 'none'}"
+    return where

@@ -51,9 +51,17 @@ class Roots:
         self._registered: set[str] = set()
 
     def all(self) -> list[str]:
+        return sorted(self.origins())
+
+    def origins(self) -> dict[str, str]:
+        """Each allowed folder and where it comes from: config.json, HEARTH_MODEL_DIRS and/or ComfyUI
+        (registered), joined by ", " where several name it."""
         env = [p for p in os.environ.get("HEARTH_MODEL_DIRS", "").split(os.pathsep) if p]
-        found = {os.path.realpath(os.path.expanduser(p)) for p in [*self._settings["model_dirs"], *env]}
-        return sorted(found | self._registered)
+        found: dict[str, list[str]] = {p: ["ComfyUI"] for p in self._registered}
+        for where, paths in (("config.json", self._settings["model_dirs"]), ("HEARTH_MODEL_DIRS", env)):
+            for p in paths:
+                found.setdefault(os.path.realpath(os.path.expanduser(p)), []).insert(0, where)
+        return {p: ", ".join(dict.fromkeys(ws)) for p, ws in found.items()}
 
     def add(self, roots: Any) -> None:
         """Allow model folders a ComfyUI process registers (existing directories only)."""

@@ -336,7 +336,9 @@ class Service:
             # the user keeps files and travel to ComfyUI's pages in events.
             self.events.emit("config", changes={k: self.settings[k] for k in changes if k not in PATH_SETTINGS},
                              changed=sorted(changes))
-        return {**self.settings.values, "budget_bytes": self.budget()}
+        # Beside the settings: what they amount to, for `hearth config` and the panel (not settings themselves).
+        return {**self.settings.values, "budget_bytes": self.budget(), "sources": dict(self.settings.sources),
+                "roots_in_effect": self.allowed.origins()}
 
     async def autostart(self, enabled: Any = None) -> dict:
         """Start at login, the panel's toggle: on (True), off (False), or None to read the state. The files are

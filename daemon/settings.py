@@ -16,7 +16,6 @@ DEFAULTS: dict[str, Any] = {
     "model_dirs": [],       # extra allowed roots, beside HEARTH_MODEL_DIRS and ComfyUI's folders
     "pinned": [],           # source paths never evicted by LRU, refilled when the daemon starts
     "max_fills": 2,         # concurrent fills of different files
-    "autostart": False,     # start the daemon at login; its start from ComfyUI is start_with_comfyui
     "start_with_comfyui": True,  # the pack in ComfyUI starts the daemon, or replaces an older one (client/lifecycle.py)
     "warm_set": "on",       # refill the recently used models when the daemon starts: on, paused or off
     "warm_set_size": "auto",  # how much that refill brings back: a size as the budget's ('auto': the budget)
@@ -46,7 +45,7 @@ def _check(key: str, value: Any) -> Any:
         if not 1 <= value <= 16:
             raise ValueError("max_fills must be a whole number between 1 and 16")
         return value
-    if key in ("autostart", "eager_load", "start_with_comfyui", "prefetch"):
+    if key in ("eager_load", "start_with_comfyui", "prefetch"):
         if isinstance(value, str):
             value = value.lower() in ON_WORDS
         return bool(value)
@@ -60,24 +59,33 @@ def _check(key: str, value: Any) -> Any:
         if word not in WARM_SET_MODES:
             raise ValueError(f"warm_set must be one of {', '.join(WARM_SET_MODES)}")
         return word
+    if key == "autostart":  # the login units are their own state (core/login_units.py), not a setting
+        raise ValueError("start at login is `hearth autostart on|off` (or the panel's toggle), not a setting")
     raise ValueError(f"unknown setting {key!r} (known: {', '.join(DEFAULTS)})")
 
 
 class Settings:
-    """config.json, read once and written atomically on every change."""
+    """config.json, read once and written atomically on every change.
+
+    `sources` says where each value in effect comes from ("default", "config.json" or the environment
+    variable that overrides it), so `hearth config` and the panel can show it.
+    """
 
     def __init__(self, path: Path):
         self.path = path
         stored = read_json(path, {}) or {}
         self.values = dict(DEFAULTS)
+        self.sources = dict.fromkeys(DEFAULTS, "default")
         for k, v in stored.items():
             try:
                 self.values[k] = _check(k, v)
+                self.sources[k] = "config.json"
             except (ValueError, TypeError):
                 pass  # a hand-edited bad value falls back to the default rather than stopping the daemon
         if budget_env := os.environ.get("HEARTH_BUDGET"):
             try:
                 self.values["budget"] = _check("budget", budget_env)
+                self.sources["budget"] = "HEARTH_BUDGET"
             except ValueError as e:  # the user's explicit setting: refuse to start, saying which one
                 raise BadRequest(f"HEARTH_BUDGET: {e}") from None
 
@@ -91,5 +99,6 @@ class Settings:
         except (ValueError, TypeError) as e:
             raise BadRequest(str(e)) from None
         self.values.update(checked)
+        self.sources.update(dict.fromkeys(checked, "config.json"))
         write_json_atomic(self.path, self.values)
         return dict(self.values)

@@ -192,14 +192,20 @@ def test_config(daemon):
     assert json.loads(d.cli("config", "budget").stdout) == "1G"
     assert d.status()["budget"] == 1 << 30
     assert json.loads((d.home / "config.json").read_text())["budget"] == "1G"
-    assert d.cli("config", "autostart", "yes").returncode == 0
-    assert json.loads(d.cli("config", "autostart").stdout) is True
+    r = d.cli("config", "autostart", "yes")  # start at login is its own command: the files are the state
+    assert r.returncode == 2 and "hearth autostart on|off" in r.stderr
     assert d.cli("config", "max_fills", "3").returncode == 0
     assert json.loads(d.cli("config", "max_fills").stdout) == 3
     extra = d.root / "extra"
     extra.mkdir()
     assert d.cli("config", "model_dirs", f"{extra}{os.pathsep}{d.models}").returncode == 0
     assert json.loads(d.cli("config", "model_dirs").stdout) == [str(extra), str(d.models)]
+    # every value with where it comes from, the allowed folders in effect with theirs (HEARTH_MODEL_DIRS too)
+    lines = {line.split(" = ")[0]: line for line in d.cli("config").stdout.splitlines()}
+    assert lines["max_fills"] == "max_fills = 3  (config.json)"
+    assert lines["prefetch"].endswith("(default)")
+    assert f"{d.models} (HEARTH_MODEL_DIRS, config.json)" in lines["model_dirs"] and f"{extra} (config.json)" in lines["model_dirs"]
+    assert "1.0 GiB in effect" in lines["budget"]
 
 
 @pytest.mark.parametrize("args", [["bogus"], ["bogus", "1"], ["budget", "lots"], ["max_fills", "0"],

@@ -14,7 +14,7 @@ import psutil
 
 _labels: dict[tuple[int, float], str] = {}
 MAX_KEPT = 256
-_PY_OPTIONS_WITH_VALUE = {"-X", "-W", "-Q"}
+_PY_OPTIONS_WITH_VALUE = {"-X", "-W"}
 
 
 def _program(proc: psutil.Process) -> str:

@@ -42,7 +42,7 @@ class HearthCheckpointLoader:
                         eager_load: str = "setting") -> tuple:
         t0 = time.perf_counter()
         out, loaded = _load(ckpt_name)
-        resident = eager.make_resident(out, loaded.tensors, eager_load)
+        resident = eager.make_resident(out, loaded, eager_load)
         report(type(self).__name__, unique_id, "checkpoint", ckpt_name, loaded, time.perf_counter() - t0,
                **resident)
         return out

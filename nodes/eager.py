@@ -25,6 +25,7 @@ import time
 
 import torch
 
+from ..client import Loaded
 from ..client.config import daemon_config
 from ..core.errors import HearthError
 
@@ -40,13 +41,17 @@ PAGE = mmap.PAGESIZE
 _libc = None
 
 
-def wanted(choice: str) -> bool:
+def wanted(choice: str, cached: bool) -> bool:
+    """`on`, `off`, or for `setting` the daemon's setting; a load that fell back does not ask a daemon that
+    is down or refused it (it would wait for its start again)."""
     if choice in ("on", "off"):
         return choice == "on"
+    if not cached:
+        return False
     try:
         return bool(daemon_config().get("eager_load", False))
     except HearthError:
-        return False  # no daemon: nothing was mapped from it either
+        return False
 
 
 def _ranges(tensors: dict[str, torch.Tensor]) -> list[tuple[int, int]]:
@@ -87,10 +92,10 @@ def populate(tensors: dict[str, torch.Tensor], how: str = "madvise") -> tuple[in
     return total, "touch"
 
 
-def make_resident(out: tuple, tensors: dict[str, torch.Tensor], choice: str) -> dict:
-    """Apply eager load to a built checkpoint (MODEL, CLIP, VAE) read from `tensors`, if it is wanted; what
-    was done, for the load's report."""
-    if not wanted(choice):
+def make_resident(out: tuple, loaded: Loaded, choice: str) -> dict:
+    """Apply eager load to a built checkpoint (MODEL, CLIP, VAE) from `loaded`, if it is wanted; what was
+    done, for the load's report."""
+    if not wanted(choice, loaded.cached):
         return {}
     t0 = time.perf_counter()
     model = out[0]
@@ -101,7 +106,7 @@ def make_resident(out: tuple, tensors: dict[str, torch.Tensor], choice: str) -> 
         mm.load_models_gpu([model])
         done = {"eager": "gpu", "eager_device": str(device)}
     else:
-        nbytes, how = populate(tensors)
+        nbytes, how = populate(loaded.tensors)
         done = {"eager": how, "eager_bytes": nbytes}
     done["eager_seconds"] = round(time.perf_counter() - t0, 4)
     log.info("Hearth eager load: %s in %.3f s", done["eager"], done["eager_seconds"])

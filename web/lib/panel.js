@@ -82,6 +82,7 @@ export function createPanel(root, transport, options = {}) {
         const { type, ...rest } = ev;
         state.doc = { ...(doc || {}), daemon: "up", ...rest };
         loadActivity(); // a (re)connected stream: what happened meanwhile is in the daemon's history
+        settings.changed(); // and the daemon may be another one, with its own settings
         break;
       }
       case "down":
@@ -345,10 +346,8 @@ export function createPanel(root, transport, options = {}) {
 
   // ---- life cycle ---------------------------------------------------------------------------------
 
-  stopEvents = transport.connect(onEvent, onLive);
+  stopEvents = transport.connect(onEvent, onLive); // "connected" loads the status, history and settings
   refresh();
-  loadActivity();
-  settings.load();
   timer = setInterval(refresh, options.refreshMs || REFRESH_MS);
 
   return {

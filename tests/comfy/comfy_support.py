@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import urllib.request
 from pathlib import Path
 
 from harness import graphs
@@ -15,6 +17,13 @@ LORA_A, LORA_B = "lora_a.safetensors", "lora_b.safetensors"
 def start_comfy(checkout: Path, models: ModelFolder, base: Path, hearth_home: Path) -> ComfyServer:
     """A started ComfyUI process whose Hearth client looks for the daemon of `hearth_home`."""
     return ComfyServer.with_hearth(checkout, base, models.extra_model_paths, hearth_home).start()
+
+
+def set_setting(server: ComfyServer, key: str, value) -> None:
+    """Set a frontend setting as the settings dialog does (ComfyUI answers with an empty body)."""
+    req = urllib.request.Request(f"{server.url}/settings/{key}", data=json.dumps(value).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(req, timeout=10).read()
 
 
 def hearth_graph(loras: list[graphs.Lora] | None = None, seed: int = 42) -> dict:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import json
-import urllib.request
 
 import numpy as np
 import pytest
@@ -20,7 +19,7 @@ from harness import REPO, graphs
 from harness.browser import CHROMIUM, Browser
 from harness.server import ComfyError, Run
 
-from .comfy_support import CKPT, LORA_A, LORA_B, hearth_graph
+from .comfy_support import CKPT, LORA_A, LORA_B, hearth_graph, set_setting
 
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (apt-get install chromium)")
 
@@ -92,12 +91,6 @@ def test_the_node_shows_one_stack_input_and_keeps_the_old_slots_hidden(comfy):
 
 # ---- in ComfyUI's frontend ----------------------------------------------------------------------------
 
-def _set_setting(server, key: str, value) -> None:
-    req = urllib.request.Request(f"{server.url}/settings/{key}", data=json.dumps(value).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
-    urllib.request.urlopen(req, timeout=10).read()
-
-
 def _legacy_ui_workflow(stack: list[tuple[str, float, float]]) -> dict:
     """The LoRA example as the first version saved it: four slots, 12 widget values; the tiny model."""
     ui = json.loads((REPO / "example_workflows" / "hearth_lora_stack.json").read_text())
@@ -140,7 +133,7 @@ def _queue_from_page(page, server) -> Run:
 
 @needs_chromium
 def test_a_four_slot_workflow_loads_as_rows_that_the_user_edits(comfy, stock, tmp_path):
-    _set_setting(comfy, "Comfy.TutorialCompleted", True)  # no templates browser over the canvas
+    set_setting(comfy, "Comfy.TutorialCompleted", True)  # no templates browser over the canvas
     stack = [(LORA_A, 1.0, 1.0), (LORA_B, 0.5, 0.7)]
     with Browser(tmp_path / "profile", width=1600, height=1000) as browser:
         page = _open(browser, comfy, _legacy_ui_workflow(stack))
@@ -178,7 +171,7 @@ def test_a_four_slot_workflow_loads_as_rows_that_the_user_edits(comfy, stock, tm
 
 @needs_chromium
 def test_the_stack_survives_a_save_and_a_reload(comfy, tmp_path):
-    _set_setting(comfy, "Comfy.TutorialCompleted", True)
+    set_setting(comfy, "Comfy.TutorialCompleted", True)
     with Browser(tmp_path / "profile", width=1600, height=1000) as browser:
         page = _open(browser, comfy, _legacy_ui_workflow([(LORA_B, 0.25, 0.5)]))
         more = [_row(LORA_A, 1.0, 0.0, on=False), _row("gone.safetensors", on=False)]  # a shared workflow's

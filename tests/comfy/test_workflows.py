@@ -20,9 +20,10 @@ from PIL import Image
 
 from comfyui_hearth.core.workflow import models_in
 from harness import REPO, graphs, thumbnails
+from harness.browser import CHROMIUM, Browser
 from harness.server import PACK_NAME
 
-from .comfy_support import CKPT
+from .comfy_support import CKPT, set_setting
 
 EXAMPLES = REPO / "example_workflows"
 NAMES = sorted(p.stem for p in EXAMPLES.glob("*.json"))
@@ -152,6 +153,31 @@ def test_comfyui_lists_and_serves_the_examples_as_the_packs_templates(comfy):
 def test_the_models_go_to_folders_comfyui_has(comfy):
     folders = set(comfy.get("/models"))
     assert {m["directory"] for name in NAMES for m in example(name)["models"]} <= folders
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (apt-get install chromium)")
+def test_the_frontend_offers_to_download_each_model_an_example_names(comfy, tmp_path):
+    """In ComfyUI's own frontend (headless Chromium), opening an example whose models this ComfyUI lacks
+    lists each of them with a download (0.3.64's and 0.13's dialog; 0.28's errors panel, opened as a user
+    would). Requests to anywhere but this ComfyUI are blocked: the frontend asks the sources for file sizes."""
+    set_setting(comfy, "Comfy.TutorialCompleted", True)  # no templates browser over the canvas
+    with Browser(tmp_path / "profile", width=1600, height=1000) as browser:
+        for name in NAMES:
+            page = browser.page()
+            page.send("Network.enable")
+            page.send("Network.setBlockedURLs", urls=["*://huggingface.co/*", "*://civitai.com/*",
+                                                      "*://*.huggingface.co/*", "*://*.civitai.com/*"])
+            page.goto(comfy.url)
+            page.wait("!!window.LiteGraph?.registered_node_types?.HearthCheckpointLoader", timeout=120,
+                      what="ComfyUI's frontend with the pack's nodes")
+            page.eval(f"app.loadGraphData({json.dumps(example(name))})")
+            wanted = [m["name"] for m in example(name)["models"]]
+            shown = f"""(() => {{
+                const panel = [...document.querySelectorAll("button")].find((b) => /missing models/i.test(b.innerText));
+                panel?.click();  // 0.28: the errors overlay's "Show missing models"
+                const text = document.body.innerText;
+                return {json.dumps(wanted)}.every((n) => text.includes(n)) && /Download/.test(text); }})()"""
+            page.wait(shown, timeout=60, what=f"{name}'s models offered for download")
 
 
 def test_examples_use_nodes_comfyui_knows_and_show_every_node_of_the_pack(comfy):

@@ -7,6 +7,7 @@ nothing of ComfyUI, torch or the daemon's server is imported until it is used.
 """
 
 import sys
+from typing import Any
 
 __all__ = ["__version__", "load_state_dict", "patch", "unpatch"]
 
@@ -15,7 +16,7 @@ __all__ = ["__version__", "load_state_dict", "patch", "unpatch"]
 if __package__:
     from .core.version import __version__
 
-    def __getattr__(name):
+    def __getattr__(name: str) -> Any:
         # Lazy so that `hearth status` and the daemon never pay for importing torch.
         if name == "load_state_dict":
             from .client import load_state_dict
@@ -28,7 +29,7 @@ if __package__:
         raise AttributeError(name)
 
     if "folder_paths" in sys.modules and "comfy" in sys.modules:
-        from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: F401
+        from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
         WEB_DIRECTORY = "./web"
         __all__ += ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]

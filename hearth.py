@@ -21,6 +21,8 @@ def _import_pack() -> None:
         del sys.path[0]
     spec = importlib.util.spec_from_file_location("comfyui_hearth", os.path.join(here, "__init__.py"),
                                                   submodule_search_locations=[here])
+    if spec is None or spec.loader is None:
+        raise ImportError(f"no Python package at {here}")
     pack = importlib.util.module_from_spec(spec)
     sys.modules["comfyui_hearth"] = pack  # before it runs: its relative imports look it up there
     spec.loader.exec_module(pack)

@@ -56,7 +56,7 @@ def acquire(conn: Connection, path: str) -> dict:
     def request() -> None:
         try:
             result["answer"] = conn.post("/v1/acquire", {"path": path, "pid": pid}, timeout=None)
-        except BaseException as e:  # handed to the waiting thread
+        except BaseException as e:  # noqa: BLE001 - handed to the waiting thread, which raises it
             result["error"] = e
         done.set()
         if given_up.is_set() and "answer" in result:
@@ -66,10 +66,11 @@ def acquire(conn: Connection, path: str) -> dict:
     # A daemon thread: a request stuck on a frozen daemon must not keep the process from exiting.
     threading.Thread(target=request, name="hearth-acquire", daemon=True).start()
     limit = stall_seconds()
-    last_mark, last_change = None, time.monotonic()
+    last_mark: tuple | None = None
+    last_change = time.monotonic()
     while not done.wait(PROBE_S):
         try:
-            mark = _progress(conn.get("/v1/status", timeout=PROBE_S))
+            mark: tuple | None = _progress(conn.get("/v1/status", timeout=PROBE_S))
         except HearthError:
             mark = last_mark  # no answer is no progress
         if mark != last_mark:

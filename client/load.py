@@ -11,6 +11,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -99,13 +100,15 @@ def _plain(path: str, device: str | int | torch.device = "cpu") -> dict[str, tor
     import torch
 
     if is_pickle(path):
-        # Never unpickle arbitrary objects: weights_only restricts to tensors and plain containers.
-        sd = torch.load(path, map_location=device, weights_only=True)
+        # Never unpickle arbitrary objects: weights_only restricts to tensors and plain containers. An int
+        # is a CUDA index, as load_file takes it; torch.load would call it as a function.
+        location = f"cuda:{device}" if isinstance(device, int) else device
+        sd = torch.load(path, map_location=location, weights_only=True)
         return sd.get("state_dict", sd) if isinstance(sd, dict) else sd
     return _stock_load_file()(path, device=device)
 
 
-def _stock_load_file():
+def _stock_load_file() -> Callable[..., dict[str, torch.Tensor]]:
     """safetensors.torch.load_file, unless someone replaced it (a one-line speedup patches it to Hearth):
     then its own primitive, safe_open, read the way load_file reads it, so the fallback cannot recurse."""
     import safetensors.torch

@@ -15,11 +15,12 @@ import os
 import threading
 import weakref
 from collections import OrderedDict
+from typing import cast
 
 import torch
 
-from ..core.safetensors_format import DTYPES, Header, read_header
 from ..core.errors import NotAllowed, SourceChanged
+from ..core.safetensors_format import DTYPES, Header, read_header
 from . import pinning
 
 # safetensors dtype name -> this torch's dtype, or None where this torch build lacks it.
@@ -52,7 +53,7 @@ class _Mapping(mmap.mmap):
     """An mmap that can carry a finalizer (plain mmap objects take weak references too, but not attributes),
     and that is unregistered from CUDA before it is unmapped: __del__ runs before mmap's own dealloc."""
 
-    def __del__(self):
+    def __del__(self) -> None:
         if pinning is not None:  # None only while the interpreter tears modules down
             pinning.forget(self)
 
@@ -88,7 +89,7 @@ def _views(mm: mmap.mmap, header: Header) -> dict[str, torch.Tensor]:
     out = {}
     base = header.data_start
     for e in header.tensors:
-        dtype = TORCH_DTYPES[e.dtype]
+        dtype = cast(torch.dtype, TORCH_DTYPES[e.dtype])  # not None: map_segment refused dtypes this torch lacks
         if e.end == e.begin:
             # reshape, as safetensors does: torch.empty(shape) overflows computing strides for shapes like
             # (0, 2**62, 4), which a stock load accepts

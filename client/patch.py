@@ -170,7 +170,8 @@ def patch(roots: Iterable[str | os.PathLike] = ()) -> None:
         if _stock:
             return
         _stock.update(_stock_objects())
-        safetensors.torch.load_file, safetensors.safe_open = load_file, safe_open
+        # a function where safetensors has a class: what the callers see is the same call
+        safetensors.torch.load_file, safetensors.safe_open = load_file, safe_open  # type: ignore[misc, assignment]
         _rebind(_stock, _WRAPPERS)
 
 
@@ -182,6 +183,7 @@ def unpatch() -> None:
     with _lock:
         if not _stock:
             return
-        safetensors.torch.load_file, safetensors.safe_open = _stock["load_file"], _stock["safe_open"]
+        # safetensors' own class back in its place
+        safetensors.torch.load_file, safetensors.safe_open = _stock["load_file"], _stock["safe_open"]  # type: ignore[misc]
         _rebind(_WRAPPERS, _stock)  # every module that holds a wrapper now, imported before or after patch()
         _stock.clear()

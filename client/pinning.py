@@ -157,7 +157,7 @@ def written_pages(base: int, size: int) -> int:
 class _Pins:
     """The mappings of this process by base address, their registrations and the budget (one lock)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         # Re-entrant: a mapping's finalizer (forget) can run from a garbage collection that any allocation
         # under the lock triggers, on the thread that holds it.
         self.lock = threading.RLock()
@@ -272,7 +272,8 @@ def status() -> dict:
         pins = list(_pins.by_id.values())
         budget = _pins.budget
     return {"available": _why_not_registrable() is None, "reason": _why_not_registrable(),
-            "budget": budget.limit if budget else budget_from_env(), "registered": sum(p.size for p in pins if p.registered),
+            "budget": budget.limit if budget else budget_from_env(),
+            "registered": sum(p.size for p in pins if p.registered),
             "memlock": memlock_limit(), "mappings": [p.to_dict() for p in pins]}
 
 

@@ -43,9 +43,9 @@ def start_daemon(env: Mapping[str, str] | None = None, timeout: float = 30.0,
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.fchmod(fd, 0o600)  # whatever the umask, and for a log made before this was the rule
     with os.fdopen(fd, "ab") as log:
-        proc = subprocess.Popen(launcher_argv("daemon", *(["--headless"] if headless else [])), env=env,
-                                cwd=home, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                start_new_session=True)
+        argv = launcher_argv("daemon", *(["--headless"] if headless else []))
+        proc = subprocess.Popen(argv, env=env, cwd=home,  # noqa: S603 - our own launcher's argv, no shell
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         info = read_json(info_path)

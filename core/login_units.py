@@ -163,8 +163,9 @@ def _reload(env: Mapping[str, str]) -> str:
     if shutil.which("systemctl") is None:
         return "systemd is not installed here: the autostart entry is what starts it"
     try:
-        done = subprocess.run(["systemctl", "--user", "daemon-reload"], env=dict(env), capture_output=True,
-                              text=True, timeout=10)
+        # systemctl from PATH, as the user's shell would find it (shutil.which above)
+        done = subprocess.run(["systemctl", "--user", "daemon-reload"],  # noqa: S607
+                              env=dict(env), capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"systemctl --user daemon-reload failed ({e}): systemd reads the unit at your next login"
     if done.returncode != 0:

@@ -130,11 +130,11 @@ def parse_header(raw: bytes, file_size: int, name: str) -> Header:
     entries.sort(key=lambda e: (e.begin, e.end))
     data_size = file_size - 8 - n
     pos = 0
-    for e in entries:
-        if e.begin != pos:
-            what = "overlaps the previous tensor" if e.begin < pos else f"leaves a hole at {pos}"
-            raise BadHeader(f"{name}: tensor {_show(e.name)} data_offsets [{e.begin}, {e.end}] {what}")
-        pos = e.end
+    for entry in entries:
+        if entry.begin != pos:
+            what = "overlaps the previous tensor" if entry.begin < pos else f"leaves a hole at {pos}"
+            raise BadHeader(f"{name}: tensor {_show(entry.name)} data_offsets [{entry.begin}, {entry.end}] {what}")
+        pos = entry.end
     if pos != data_size:
         raise BadHeader(f"{name}: tensors cover {pos} bytes but the data area holds {data_size}")
     return Header(8 + n, tuple(entries), metadata)

@@ -21,7 +21,7 @@ import json
 from collections.abc import Container, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from .model_files import is_cached_kind, is_pickle
 
@@ -88,7 +88,7 @@ class WorkflowError(ValueError):
     """The file is not a ComfyUI workflow of either format."""
 
 
-def is_model_name(value: Any) -> bool:
+def is_model_name(value: Any) -> TypeGuard[str]:
     return isinstance(value, str) and (is_cached_kind(value) or is_pickle(value))
 
 

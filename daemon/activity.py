@@ -4,8 +4,9 @@ The panel shows both, and neither may start from zero because a page was reloade
 the daemon restarted (each model's own hits live in the index, index.py, and survive a restart; the
 totals must too). The status document keeps `stats`, this daemon's own counts since it started (what
 `hearth status` and the tests of a restart read: a re-adopted model is no fill), beside `totals`, the
-same counts since the first start: every count into `stats` is added to `totals` as it happens. Every event the bus emits passes through `record` first (events.py): cache changes,
-acquires, pins, settings and VRAM plans are kept (fill progress is not: the segment's state says it),
+same counts since the first start: every count into `stats` is added to `totals` as it happens. Every
+event the bus emits passes through `record` first (events.py): cache changes, acquires, pins, settings
+and VRAM plans are kept (fill progress is not: the segment's state says it),
 each with a sequence number that grows across restarts, so a viewer that reconnects merges the history
 with what it already saw without doubles. Written at most every SAVE_S on the loop (a daemon killed
 outright loses at most that much) and at stop. Loop thread only.
@@ -35,7 +36,8 @@ class Activity:
         self.path = path
         doc = read_json(path, {})
         doc = doc if isinstance(doc, dict) else {}
-        stored = doc.get("totals") if isinstance(doc.get("totals"), dict) else {}
+        stored = doc.get("totals")
+        stored = stored if isinstance(stored, dict) else {}
         self.totals: dict[str, int] = {k: _count(stored.get(k)) for k in COUNTERS}
         # One dict for the daemon's life: fills.py and budget.py count into it directly.
         self.stats = Counters(self.totals)

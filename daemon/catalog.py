@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import stat
+from typing import Any
 
 from ..core.model_files import is_cached_kind
 
@@ -29,9 +30,11 @@ def _within(path: str, roots: list[str]) -> bool:
 
 def list_models(roots: list[str], limit: int = MAX_FILES) -> dict:
     """{"roots": [{"root", "files": [{"name", "path", "real", "size"}]}], "truncated": bool}, names sorted."""
-    out, seen_dirs, count, truncated = [], set(), 0, False
+    out: list[dict[str, Any]] = []
+    seen_dirs: set[str] = set()
+    count, truncated = 0, False
     for root in roots:
-        files = []
+        files: list[dict[str, Any]] = []
         for folder, dirs, names in os.walk(root, followlinks=True):
             real_folder = os.path.realpath(folder)
             if real_folder in seen_dirs:

@@ -30,7 +30,8 @@ PUBLIC = {"/v1/health", "/", "/favicon.ico"}
 
 SERVICE = web.AppKey("service", Service)
 TOKEN = web.AppKey("token", str)
-SOCKETS = web.AppKey("sockets", weakref.WeakSet)  # the open events websockets, closed at a stop
+# the open events websockets, closed at a stop
+SOCKETS: web.AppKey[weakref.WeakSet[web.WebSocketResponse]] = web.AppKey("sockets", weakref.WeakSet)
 
 
 def _error(err: HearthError) -> web.Response:
@@ -72,7 +73,7 @@ async def guard(request: web.Request, handler):
                                  status=405)
     except web.HTTPException:
         raise  # aiohttp's own answers (websocket upgrade refusals, the panel's files)
-    except Exception:  # noqa: BLE001 - every error of the API is JSON, a bug included; the daemon goes on
+    except Exception:  # every error of the API is JSON, a bug included; the daemon goes on
         log.exception("internal error in %s %s", request.method, request.path)
         return _error(HearthError(f"internal error in {request.method} {request.path}; see the daemon's log"))
 
@@ -209,7 +210,8 @@ async def _close_sockets(app: web.Application) -> None:
 
     A close waits for the peer's answer (10 s by default); one that never answers is cut after
     CLOSE_WAIT_S by the server's shutdown, which cancels its handler."""
-    closing = [ws.close(code=WSCloseCode.GOING_AWAY, message=b"the daemon is stopping") for ws in list(app[SOCKETS])]
+    sockets = app[SOCKETS]
+    closing = [ws.close(code=WSCloseCode.GOING_AWAY, message=b"the daemon is stopping") for ws in list(sockets)]
     if closing:
         try:
             await asyncio.wait_for(asyncio.gather(*closing, return_exceptions=True), CLOSE_WAIT_S)

@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -107,7 +108,7 @@ def _take_lock(home: Path) -> int | None:
     return fd
 
 
-def _alive(pid: object) -> bool:
+def _alive(pid: Any) -> bool:  # what daemon.json says: an int when well formed
     try:
         os.kill(int(pid), 0)
     except (ProcessLookupError, ValueError, TypeError):

@@ -101,7 +101,7 @@ class Service:
             await asyncio.sleep(SWEEP_S)
             try:
                 self.sweep()  # on the loop: it mutates entries, and a few stat calls are cheap
-            except Exception:  # noqa: BLE001 - the sweep must never die; the next one tries again
+            except Exception:  # the sweep must never die; the next one tries again
                 log.exception("sweep failed")
 
     def sweep(self) -> None:
@@ -170,7 +170,8 @@ class Service:
         if not found:
             raise NotFound(f"no segment {key!r}")
         for e in found:
-            e.leases.pop(pid, None)
+            if pid is not None:  # a release without a pid releases nothing
+                e.leases.pop(pid, None)
         return {"key": key, "holders": sorted({p for e in found for p in e.holders()})}
 
     async def preload(self, paths: Any) -> dict:
@@ -245,7 +246,9 @@ class Service:
         forgotten = self._forget(path, key, all, targets)
         if not all and not targets and not forgotten:
             raise NotFound(f"{path if key is None else key} is not in the cache")
-        done, pending, filling = [], [], []
+        done: list[dict[str, Any]] = []
+        pending: list[dict[str, Any]] = []
+        filling: list[dict[str, Any]] = []
         for e in targets:
             if e.state == "filling":  # its fill publishes it when it ends: not evicted, and not said to be
                 filling.append({"path": e.source.path, "key": e.key, "size": e.size})

@@ -78,4 +78,5 @@ class Slots:
             self._waiting.remove(t)
             self.inside.append(t)
             t.inside = True
-            t._admitted.set_result(None)
+            if t._admitted is not None:  # set by admit() before it queues the ticket
+                t._admitted.set_result(None)

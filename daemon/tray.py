@@ -17,11 +17,16 @@ import asyncio
 import logging
 import os
 import webbrowser
+from typing import TYPE_CHECKING
 
 from ..core.home import ensure_home
 from . import tray_menu
 from .service import Service
 from .tray_menu import Entry
+
+if TYPE_CHECKING:  # both import their desktop libraries, which a headless daemon may lack
+    from .tray_sni import SniTray
+    from .tray_xembed import XembedTray
 
 log = logging.getLogger("hearth.tray")
 
@@ -45,12 +50,13 @@ class Tray:
 
     def __init__(self) -> None:
         self.image = icon_image()
-        self.service: Service | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
+        # service, loop and _stop: set by attach(), before anything else of the tray runs
+        self.service: Service
+        self.loop: asyncio.AbstractEventLoop
         self.url = ""     # the panel with the token in the fragment, which browsers never send to a server
         self.panel = ""   # the same without the token, for logs
-        self._stop: asyncio.Event | None = None
-        self._backend = None
+        self._stop: asyncio.Event
+        self._backend: SniTray | XembedTray | None = None
         self._tasks: set[asyncio.Future] = set()
 
     def attach(self, service: Service, loop: asyncio.AbstractEventLoop, stop: asyncio.Event,
@@ -70,7 +76,7 @@ class Tray:
     async def _start(self) -> None:
         try:
             why_not = await self._show()
-        except Exception:  # noqa: BLE001 - a tray bug must cost the icon, never the daemon
+        except Exception:  # a tray bug must cost the icon, never the daemon
             log.exception("tray: the icon could not be shown; the panel is at %s", self.panel)
             return
         if why_not:

@@ -165,7 +165,7 @@ async def activate(entry: Entry) -> None:
     except HearthError as e:
         log.warning("tray: %s: %s", entry.label, e.message)
         return
-    except Exception:  # noqa: BLE001 - a menu click must never take the daemon down
+    except Exception:  # a menu click must never take the daemon down
         log.exception("tray: %s failed", entry.label)
         return
     if isinstance(result, dict):  # a preload or pin answers with the files it refused, and why

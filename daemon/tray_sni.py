@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from dbus_fast import Message, MessageType, Variant
@@ -40,7 +40,7 @@ DBUS = "org.freedesktop.DBus"
 ICON_SIZES = (22, 32, 64)
 
 
-def session_bus_address(env: dict[str, str] | None = None) -> str | None:
+def session_bus_address(env: Mapping[str, str] | None = None) -> str | None:
     """The user's session bus: the variable, else systemd's per-user bus (a daemon started at login by a
     unit, or detached from ComfyUI, may lack the variable; dbus-fast alone would not look there)."""
     env = os.environ if env is None else env
@@ -280,6 +280,7 @@ class SniTray:
         self._item = _Item(argb_pixmaps(image), tooltip, on_activate)
         self._name = f"org.kde.StatusNotifierItem-{os.getpid()}-1"
         self._bus: MessageBus | None = None
+        self._tasks: set[asyncio.Future] = set()  # late registrations in flight: asyncio keeps tasks weakly
 
     async def start(self) -> tuple[bool, str]:
         """Connect, export, register with the watcher if one runs. (shown, why) for the log line."""
@@ -307,7 +308,9 @@ class SniTray:
     def _on_message(self, msg: Message) -> None:
         if (msg.message_type == MessageType.SIGNAL and msg.member == "NameOwnerChanged"
                 and msg.body[0] == WATCHER and msg.body[2]):
-            asyncio.ensure_future(self._register_late())
+            task = asyncio.ensure_future(self._register_late())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _register_late(self) -> None:
         try:
@@ -318,6 +321,8 @@ class SniTray:
 
     async def _call(self, dest: str, path: str, interface: str, member: str, signature: str,
                     body: list) -> list:
+        if self._bus is None:  # closed since the call was scheduled
+            raise RuntimeError(f"{member}: the tray is no longer on the session bus")
         reply = await self._bus.call(Message(destination=dest, path=path, interface=interface, member=member,
                                              signature=signature, body=body))
         if reply.message_type == MessageType.ERROR:

@@ -35,7 +35,7 @@ from ..core.sizes import format_size, parse_size
 from . import segments
 from .entries import Entries
 from .fills import Aborted, Fills
-from .index import Index
+from .index import Index, Remembered
 from .segments import SourceId
 from .settings import Settings
 from .slots import WARM
@@ -94,7 +94,7 @@ class WarmSet:
         pinned = list(self._settings["pinned"])
         ready = {e.source.path: e for e in self._entries.values() if e.state == "ready"}
         remembered = sorted(self._index.remembered.values(), key=lambda r: (-r.last_use, -r.hits))
-        by_path = {}
+        by_path: dict[str, Remembered] = {}
         for r in remembered:
             by_path.setdefault(r.source.path, r)  # the most recent record of a path
         items = [Item(p, by_path[p].source if p in by_path else None, True,

@@ -30,7 +30,7 @@ def _comfy_server():
     """ComfyUI's PromptServer of this process, or None (ComfyUI used as a library has none)."""
     try:
         from server import PromptServer  # ComfyUI's (imported already when ComfyUI loads its packs)
-    except Exception:  # noqa: BLE001 - ComfyUI used as a library, without its server
+    except Exception:  # ComfyUI used as a library, without its server
         log.debug("Hearth: no ComfyUI server module", exc_info=True)
         return None
     return getattr(PromptServer, "instance", None)
@@ -47,13 +47,13 @@ def _join_server() -> None:
         from . import routes
 
         routes.register(instance)  # once per server, however many times the pack is imported
-    except Exception:  # noqa: BLE001 - the panel is optional; the nodes must still load
+    except Exception:  # the panel is optional; the nodes must still load
         log.exception("Hearth: could not add the panel's routes")
     try:
         from . import lifecycle
 
         lifecycle.start()
-    except Exception:  # noqa: BLE001 - the daemon is optional; the nodes must still load
+    except Exception:  # the daemon is optional; the nodes must still load
         log.exception("Hearth: could not check the daemon")
 
 
@@ -64,10 +64,11 @@ try:  # ComfyUI's own loaders through Hearth, per the Hearth.StockLoaders settin
     from .stock_loaders import install as _install_stock_loaders
 
     _install_stock_loaders()
-except Exception:  # noqa: BLE001 - never stops the nodes; ComfyUI's loaders then load as usual
+except Exception:  # never stops the nodes; ComfyUI's loaders then load as usual
     log.exception("Hearth: could not hook ComfyUI's stock loaders; they load as usual")
 
 
-from .prefetch import register as _register_prefetch  # queued prompts prefetch their models; never raises
+# Last, after the hooks above (each step of the start in its order): queued prompts prefetch their models.
+from .prefetch import register as _register_prefetch  # noqa: E402 - never raises
 
 _register_prefetch()

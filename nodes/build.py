@@ -66,7 +66,11 @@ def mark_shared(tensors: dict[str, torch.Tensor], key: str | None) -> None:
         root = _root(t)
         i = id(root)
         # The callback drops the entry only if it is still this tensor's (ids are reused after death).
-        ref = weakref.ref(root, lambda r, i=i: _shared.pop(i) if _shared.get(i, (None,))[0] is r else None)
+        def forget(r: weakref.ref, i: int = i) -> None:
+            if _shared.get(i, (None,))[0] is r:
+                _shared.pop(i)
+
+        ref = weakref.ref(root, forget)
         _shared[i] = (ref, key)
 
 
@@ -135,7 +139,8 @@ class _Assigner:
                 given[key] = tensor.to(device=target.device, dtype=target.dtype)  # the copy stock makes
         result = self.stock(module, given, strict=strict, assign=True)
         for op, attr, dtype in narrow:
-            op.comfy_cast_weights = True
+            # torch types a module's unknown attributes as Tensor | Module; this is ComfyUI's ops' flag
+            op.comfy_cast_weights = True  # type: ignore[assignment]
             # A weak reference: the op must not keep itself alive through its own attribute.
             setattr(op, f"set_{attr}", functools.partial(_store_patched, weakref.ref(op), attr, dtype))
             self.narrowed += 1
@@ -168,13 +173,14 @@ def assigning(assignable: Callable[[torch.Tensor], bool] | None = None) -> Itera
     with _build_lock:
         a = _Assigner(assignable)
         # A plain function as the class attribute, so that torch passes the module as the first argument.
-        torch.nn.Module.load_state_dict = lambda module, *args, **kw: a.load_state_dict(module, *args, **kw)
+        torch.nn.Module.load_state_dict = (  # type: ignore[method-assign]  # the override is the point
+            lambda module, *args, **kw: a.load_state_dict(module, *args, **kw))
         _scope.assigner = a
         try:
             yield a
         finally:
             _scope.assigner = None
-            torch.nn.Module.load_state_dict = a.stock
+            torch.nn.Module.load_state_dict = a.stock  # type: ignore[method-assign]  # torch's own, back
 
 
 def build_checkpoint(tensors: dict[str, torch.Tensor], metadata: dict | None,

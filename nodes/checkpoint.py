@@ -12,6 +12,7 @@ import time
 
 import folder_paths
 
+from ..client import Loaded
 from . import eager
 from .build import build_checkpoint
 from .sources import fetch, safetensors_metadata
@@ -48,7 +49,7 @@ class HearthCheckpointLoader:
         return out
 
 
-def _load(ckpt_name: str, disable_dynamic: bool = False) -> tuple[tuple, object]:
+def _load(ckpt_name: str, disable_dynamic: bool = False) -> tuple[tuple, Loaded]:
     loaded = fetch("checkpoints", ckpt_name)
     # The segment's header was read and validated already; only a fallback load reads the file's.
     metadata = loaded.metadata if loaded.cached else safetensors_metadata(loaded.path)

@@ -104,7 +104,7 @@ def make_resident(out: tuple, loaded: Loaded, choice: str) -> dict:
         import comfy.model_management as mm
 
         mm.load_models_gpu([model])
-        done = {"eager": "gpu", "eager_device": str(device)}
+        done: dict[str, str | int | float] = {"eager": "gpu", "eager_device": str(device)}
     else:
         nbytes, how = populate(loaded.tensors)
         done = {"eager": how, "eager_bytes": nbytes}

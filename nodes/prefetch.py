@@ -88,7 +88,7 @@ class Prefetcher:
                         body["prompt_id"] = str(uuid.uuid4())
                     self._inbox.put((str(body["prompt_id"]), refs))
                     self._start_worker()
-        except Exception:  # noqa: BLE001 - a graph this cannot read is ComfyUI's to refuse, not ours
+        except Exception:  # a graph this cannot read is ComfyUI's to refuse, not ours
             log.debug("Hearth prefetch: graph not read", exc_info=True)
         return body
 
@@ -110,7 +110,7 @@ class Prefetcher:
                 if item is not None:
                     self._new(*item)
                 self._tick()
-            except Exception:  # noqa: BLE001 - the worker outlives any one prompt's trouble
+            except Exception:  # the worker outlives any one prompt's trouble
                 log.debug("Hearth prefetch failed", exc_info=True)
 
     def _new(self, prompt_id: str, refs: list[ModelRef]) -> None:
@@ -181,5 +181,5 @@ def register() -> None:
 
         setattr(on_prompt, MARK, True)
         server.add_on_prompt_handler(on_prompt)
-    except Exception:  # noqa: BLE001 - the prefetch is optional; the nodes must still load
+    except Exception:  # the prefetch is optional; the nodes must still load
         log.exception("Hearth: could not add the queue's prefetch")

@@ -20,7 +20,7 @@ _real_roots: dict[tuple, list[tuple[str, str]]] = {}  # raw folder table -> [(re
 
 def model_folders() -> list[tuple[str, str]]:
     """(folder name, path) of every ComfyUI folder that holds .safetensors models, as configured now."""
-    out = []
+    out: list[tuple[str, str]] = []
     for name, (paths, exts) in list(folder_paths.folder_names_and_paths.items()):
         if any(e in exts for e in CACHED_EXTS):
             out.extend((name, p) for p in paths)

@@ -109,7 +109,7 @@ def _send_text(server, node_id: str | None, text: str) -> None:
     # The frontends put the text into the node as HTML (0.3.64's unsanitised): names are escaped.
     try:  # to the client that queued the prompt, as ComfyUI's own progress messages go
         send(html.escape(text, quote=False), str(node_id), getattr(server, "client_id", None))
-    except Exception:  # noqa: BLE001 - the text is a courtesy; the load stands
+    except Exception:  # the text is a courtesy; the load stands
         log.debug("Hearth: no progress text for node %s", node_id, exc_info=True)
 
 

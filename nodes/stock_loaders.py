@@ -103,7 +103,7 @@ def _report(where: tuple[str, str], loaded, seconds: float) -> None:
 
         node_id = getattr(getattr(PromptServer, "instance", None), "last_node_id", None)
         report("stock", node_id, where[0], where[1], loaded, seconds)
-    except Exception:  # noqa: BLE001 - ComfyUI as a library has no server to tell; the load stands
+    except Exception:  # ComfyUI as a library has no server to tell; the load stands
         log.debug("Hearth: load of %s not reported", where[1], exc_info=True)
 
 
@@ -119,7 +119,7 @@ def _reader(stock):
         a = bound.arguments
         try:
             served = _serve(a.get("ckpt"), a.get("device"))
-        except Exception:  # noqa: BLE001 - Hearth's path failing is a stock load, never an error
+        except Exception:  # Hearth's path failing is a stock load, never an error
             log.warning("Hearth: reading %s through the cache failed; reading it the stock way", a.get("ckpt"),
                         exc_info=True)
             served = None
@@ -166,7 +166,7 @@ def _builders() -> list[tuple[object, str]]:
                                 ("spandrel", "ModelLoader", "load_from_state_dict")):
         try:
             __import__(module)
-        except Exception:  # noqa: BLE001 - a release or an environment without it: nothing to scope
+        except Exception:  # a release or an environment without it: nothing to scope
             log.debug("Hearth: %s not importable; its builds copy", module, exc_info=True)
             continue
         m = sys.modules[module]
@@ -176,7 +176,7 @@ def _builders() -> list[tuple[object, str]]:
 
 def install() -> list[str]:
     """Wrap ComfyUI's reader, builders and LoRA patcher (once per process); the names wrapped now."""
-    import comfy.clip_vision  # noqa: F401 - binds load_torch_file by name: wrapped below with the others
+    import comfy.clip_vision  # binds load_torch_file by name: wrapped below with the others
 
     done = []
     original = comfy.utils.load_torch_file
@@ -184,9 +184,9 @@ def install() -> list[str]:
         done.append("comfy.utils.load_torch_file")
         reader = comfy.utils.load_torch_file
         for name, module in list(sys.modules.items()):
-            if (name.startswith("comfy.") or name.startswith("comfy_extras.")) and \
+            if name.startswith(("comfy.", "comfy_extras.")) and \
                     getattr(module, "load_torch_file", None) is original:
-                module.load_torch_file = reader
+                module.load_torch_file = reader  # type: ignore[attr-defined]  # ComfyUI's module bound it by name
                 done.append(f"{name}.load_torch_file")
     for owner, attr in _builders():
         if owner is not None and _wrap(owner, attr, _scoped):

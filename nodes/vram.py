@@ -35,6 +35,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+from typing import TypeGuard
 
 import torch
 
@@ -43,10 +44,10 @@ import comfy.patcher_extension
 import comfy.utils
 
 from ..client import pinning, report_strategy
-from ..planner import LADDER, Family, Hardware, ModelSpec, Plan, PlanImpossible, Work, plan
-from ..core.sizes import GiB, format_size, parse_size
-from ..planner.detect import BF16_MIN_CC, FP8_MIN_CC, Accelerator
 from ..core.home import shm_space
+from ..core.sizes import GiB, format_size, parse_size
+from ..planner import LADDER, Family, Hardware, ModelSpec, Plan, PlanImpossible, Work, plan
+from ..planner.detect import BF16_MIN_CC, FP8_MIN_CC, Accelerator
 from . import comfy_features
 
 log = logging.getLogger("hearth.nodes")
@@ -138,13 +139,14 @@ class HearthVRAMBudget:
         elif chosen is not None:
             out, applied = apply_plan(model, chosen)
         about = "\n".join([
-            f"Hearth VRAM plan for {spec.name} ({format_size(spec.weights_bytes)} of {8 * spec.dtype_bytes}-bit weights) "
-            f"on {model.load_device}, budget {'auto' if budget is None else format_size(budget)}, strategy {strategy}.",
+            f"Hearth VRAM plan for {spec.name} ({format_size(spec.weights_bytes)} of {8 * spec.dtype_bytes}-bit "
+            f"weights) on {model.load_device}, budget {'auto' if budget is None else format_size(budget)}, "
+            f"strategy {strategy}.",
             chosen.explanation if chosen else "No plan.",
             *([f"In ComfyUI: {applied}"] if applied else []),
             *(_advice(label, part, hardware, budget) for label, part in (("CLIP", clip), ("VAE", vae)) if part)])
         text = "\n".join([about, *(f"Warning: {w}" for w in warnings)])
-        done = chosen.strategy if out is not model else "none"
+        done = chosen.strategy if chosen is not None and out is not model else "none"
         log.info("Hearth VRAM strategy for %s: %s (asked %s)", spec.name, done, strategy)
         # The panel shows the explanation and the warnings apart; the STRING output carries both.
         report_strategy({"vram_bytes": 0, "ram_bytes": 0, "resident_bytes": 0,
@@ -229,7 +231,7 @@ def _pin_views(model, conds) -> None:
             pinning.unregister_views(views, f"this run writes weights in place ({writer})")
         else:
             pinning.register_views(views)
-    except Exception:  # noqa: BLE001 - pinning only speeds copies up; the prompt must run without it
+    except Exception:  # pinning only speeds copies up; the prompt must run without it
         log.exception("Hearth: pinning the model's views failed; ComfyUI copies them as usual")
 
 
@@ -276,7 +278,7 @@ def _hardware(patcher) -> Hardware:
     """
     device = patcher.load_device
     in_vram = patcher.loaded_size() if patcher.current_loaded_device() == device != _CPU else 0
-    accelerators = ()
+    accelerators: tuple[Accelerator, ...] = ()
     if device.type != "cpu":
         cc = (torch.cuda.get_device_capability(device)
               if device.type == "cuda" and torch.version.hip is None else None)
@@ -357,7 +359,7 @@ def _is_link(value) -> bool:
     return isinstance(value, list) and len(value) == 2 and isinstance(value[1], int)
 
 
-def _is_count(value) -> bool:
+def _is_count(value) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
@@ -375,7 +377,7 @@ def _advice(label: str, part, hardware: Hardware, budget: int | None) -> str:
 def _source_name(prompt: dict | None, node_id: str | None) -> str | None:
     """The file name of the loader upstream of this node's `model` input, following MODEL links back."""
     seen: set[str] = set()
-    while prompt and node_id in prompt and node_id not in seen:
+    while prompt and node_id is not None and node_id in prompt and node_id not in seen:
         seen.add(node_id)
         inputs = prompt[node_id].get("inputs", {})
         for key in ("ckpt_name", "unet_name", "model_name"):

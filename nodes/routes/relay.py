@@ -11,7 +11,8 @@ import asyncio
 import json
 import logging
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ...client.connection import connect
 from ...core.errors import HearthError
@@ -48,7 +49,7 @@ class Relay:
     def _main(self) -> None:
         try:
             asyncio.run(self._forever())
-        except BaseException:  # noqa: BLE001 - a relay that dies must not take ComfyUI with it
+        except BaseException:  # a relay that dies must not take ComfyUI with it
             log.exception("Hearth: the panel's event relay stopped")
 
     async def _forever(self) -> None:
@@ -96,6 +97,6 @@ class Relay:
             return
         try:
             self.send(EVENT, redact_event(event))
-        except Exception:  # noqa: BLE001 - a bad event is dropped, the relay goes on
+        except Exception:  # a bad event is dropped, the relay goes on
             log.debug("Hearth: could not forward an event", exc_info=True)
 

@@ -40,6 +40,7 @@ import statistics
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import psutil
@@ -170,7 +171,7 @@ def copy_rate(sources: list, dst_flat) -> dict:
     for _ in range(PASSES):
         torch.cuda.synchronize()
         t0 = time.perf_counter()
-        for d, s in zip(slices, flat):
+        for d, s in zip(slices, flat, strict=True):
             d.copy_(s, non_blocking=True)
         torch.cuda.synchronize()
         rates.append(pos / (time.perf_counter() - t0) / GB)
@@ -248,7 +249,8 @@ def bandwidth_and_registration(path: Path, size: int, first: bool) -> dict:
     out["torch_pinned"] = copy_rate(like(views, pinned), dst)
     del pinned
     if "gbps_best" in out["segment_registered"]:
-        out["registered_vs_pinned"] = round(out["segment_registered"]["gbps_best"] / out["torch_pinned"]["gbps_best"], 3)
+        out["registered_vs_pinned"] = round(out["segment_registered"]["gbps_best"]
+                                            / out["torch_pinned"]["gbps_best"], 3)
     del dst
     torch.cuda.empty_cache()
     if first:
@@ -539,12 +541,12 @@ def run(args: argparse.Namespace) -> dict:
         for i, size in enumerate(sizes):
             path = models / f"flux-like-{size}.safetensors"
             tag = f"{size / GB:.3g}GB"
-            step(results, f"write {tag}", clock, lambda: write_model(path, size), needs_s=size / (0.3 * GB))
+            step(results, f"write {tag}", clock, partial(write_model, path, size), needs_s=size / (0.3 * GB))
             step(results, f"bandwidth {tag}", clock,
-                 lambda: bandwidth_and_registration(path, size, first=i == 0), needs_s=size / (0.5 * GB))
+                 partial(bandwidth_and_registration, path, size, first=i == 0), needs_s=size / (0.5 * GB))
             gc.collect()  # the views go: the segment is no longer held by this process
             if i == len(sizes) - 1:
-                step(results, f"to gpu {tag}", clock, lambda: time_to_gpu(path, daemon.env),
+                step(results, f"to gpu {tag}", clock, partial(time_to_gpu, path, daemon.env),
                      needs_s=size / (0.4 * GB))
             try:
                 daemon.api("POST", "/v1/evict", {"path": str(path)})
@@ -574,19 +576,21 @@ def table(r: dict) -> str:
     lines = [f"# bench.gpu {'(dry run, CPU)' if r['dry'] else ''}", "",
              f"{m.get('gpu', 'no GPU')}, torch {m['torch']} (CUDA {m['cuda']}), {m['ram_gb']} GB RAM, {m['date']}; "
              f"CUDA: {r['cuda']}; {r['seconds']} s", *[f"- {n}" for n in r["size_notes"]], "",
-             "| size | pageable GB/s | segment GB/s | segment registered GB/s | torch pinned GB/s | registered / pinned "
-             "| registration s/GB | Anonymous delta | private pages after |", "|" + "---|" * 9]
+             "| size | pageable GB/s | segment GB/s | segment registered GB/s | torch pinned GB/s "
+             "| registered / pinned | registration s/GB | Anonymous delta | private pages after |", "|" + "---|" * 9]
     for key, b in r.items():
         if key.startswith("bandwidth ") and isinstance(b, dict):
             reg, anon = b.get("registration", {}), b.get("anonymous", {})
             lines.append(f"| {key.split()[1]} | {bw(b, 'pageable')} | {bw(b, 'segment_pageable')} | "
-                         f"{bw(b, 'segment_registered')} | {bw(b, 'torch_pinned')} | {b.get('registered_vs_pinned', '-')} "
-                         f"| {reg.get('s_per_gb', '-')} | {anon.get('delta', b.get('skipped', b.get('error', '-')))} "
+                         f"{bw(b, 'segment_registered')} | {bw(b, 'torch_pinned')} "
+                         f"| {b.get('registered_vs_pinned', '-')} | {reg.get('s_per_gb', '-')} "
+                         f"| {anon.get('delta', b.get('skipped', b.get('error', '-')))} "
                          f"| {anon.get('private_pages_after', '-')} |")
     for key, b in r.items():
         if key.startswith("bandwidth ") and isinstance(b, dict) and "hazards" in b:
             h = b["hazards"]
-            lines += ["", "Hazards (DESIGN section 4):", f"- writable registration: {json.dumps(h['writable_registration'])}",
+            lines += ["", "Hazards (DESIGN section 4):",
+                      f"- writable registration: {json.dumps(h['writable_registration'])}",
                       f"- write after a read-only registration: {json.dumps(h['write_after_registration'])}"]
         if key.startswith("to gpu ") and isinstance(b, dict):
             lines += ["", f"| time to the model on the GPU ({key.split()[2]}) | seconds | values ok |", "|---|---|---|"]
@@ -597,15 +601,17 @@ def table(r: dict) -> str:
         lines += ["", f"ComfyUI {c['version']}:", "", "| loader | flags | load s | sample s | max pixel diff to stock "
                   "| RSS | PSS | Anonymous | VRAM peak | dynamic |", "|" + "---|" * 10]
         for x in c["runs"]:
-            lines.append(f"| {x.get('mode')} | {' '.join(x.get('flags', [])) or 'default'} | {x.get('load_s', x.get('error'))} "
-                         f"| {x.get('sample_s', '-')} | {x.get('max_pixel_diff_to_stock', '-')} | {_gb(x.get('rss'))} "
+            lines.append(f"| {x.get('mode')} | {' '.join(x.get('flags', [])) or 'default'} "
+                         f"| {x.get('load_s', x.get('error'))} | {x.get('sample_s', '-')} "
+                         f"| {x.get('max_pixel_diff_to_stock', '-')} | {_gb(x.get('rss'))} "
                          f"| {_gb(x.get('pss'))} | {_gb(x.get('anonymous'))} | {_gb(x.get('vram_peak'))} "
                          f"| {x.get('dynamic', '-')} |")
         if isinstance(c.get("strategies"), list):
             lines += ["", "| VRAM strategy | first s | again s | device | loaded / size | VRAM peak | rel diff |",
                       "|" + "---|" * 7]
             lines += [f"| {s['strategy']} | {s.get('first_s', '-')} | {s.get('again_s', '-')} | {s.get('device', '-')} "
-                      f"| {_gb(s.get('loaded'))} / {_gb(s.get('size'))} | {_gb(s.get('vram_peak'))} | {s.get('rel_diff', '-')} |"
+                      f"| {_gb(s.get('loaded'))} / {_gb(s.get('size'))} | {_gb(s.get('vram_peak'))} "
+                      f"| {s.get('rel_diff', '-')} |"
                       for s in c["strategies"] if "text" not in s]
     elif c:
         lines += ["", f"ComfyUI: {c.get('skipped', c.get('error'))}"]

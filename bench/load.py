@@ -161,8 +161,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _remove_segments(home: str) -> None:
     """The bench's private daemon leaves its segments for re-adoption; a benchmark must not."""
-    from comfyui_hearth.daemon import segments
     from comfyui_hearth.core.jsonfile import read_json
+    from comfyui_hearth.daemon import segments
 
     for key in read_json(Path(home) / "index.json", {}) or {}:
         segments.unlink(key)

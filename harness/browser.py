@@ -101,6 +101,7 @@ class Page:
         self.errors: list[str] = []
         self._ids = iter(range(1, 1 << 31))
         self._waiting: dict[int, asyncio.Future] = {}
+        self._answers: set[asyncio.Future] = set()  # dialog answers in flight: asyncio keeps tasks weakly
         self._session = self._ws = self._reader = None
 
     # ---- the protocol --------------------------------------------------------------------------------
@@ -138,7 +139,9 @@ class Page:
 
     def _event(self, method: str, params: dict) -> None:
         if method == "Page.javascriptDialogOpening":
-            asyncio.ensure_future(self._send("Page.handleJavaScriptDialog", accept=True))
+            task = asyncio.ensure_future(self._send("Page.handleJavaScriptDialog", accept=True))
+            self._answers.add(task)
+            task.add_done_callback(self._answers.discard)
         elif method == "Runtime.exceptionThrown":
             d = params.get("exceptionDetails", {})
             self.errors.append(d.get("exception", {}).get("description") or d.get("text", "exception"))
@@ -166,7 +169,7 @@ class Page:
                 await self._session.close()
         try:
             self.browser.run(close(), 10)
-        except Exception:  # noqa: BLE001 - the browser may already be gone
+        except Exception:  # noqa: BLE001, S110 - the browser may already be gone
             pass
 
     # ---- what tests do -------------------------------------------------------------------------------
@@ -235,7 +238,8 @@ class Page:
         """A PNG of the viewport, or of the element `selector` finds (with `pad` pixels around it)."""
         params: dict[str, Any] = {"format": "png"}
         if selector:
-            r = self.eval(f"""(() => {{ const r = document.querySelector({json.dumps(selector)}).getBoundingClientRect();
+            r = self.eval(f"""(() => {{
+                const r = document.querySelector({json.dumps(selector)}).getBoundingClientRect();
                 return [r.left + scrollX, r.top + scrollY, r.width, r.height]; }})()""")
             params.update(captureBeyondViewport=True, clip={
                 "x": max(0, r[0] - pad), "y": max(0, r[1] - pad), "width": r[2] + 2 * pad,

@@ -161,13 +161,14 @@ def _child(out: str, shape: str, seed: int) -> None:
     import comfy.options
 
     comfy.options.enable_args_parsing()
+    from safetensors.torch import save_file
+
     import comfy.ldm.models.autoencoder
     import comfy.ldm.modules.diffusionmodules.openaimodel as openaimodel
     import comfy.model_detection
     import comfy.ops
     import comfy.sd1_clip
     import comfy.taesd.taesd
-    from safetensors.torch import save_file
 
     meta = {"device": "meta", "dtype": torch.float16}
     parts = {

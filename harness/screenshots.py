@@ -77,7 +77,8 @@ def standalone(out: Path, work: Path) -> Path:
         daemon.start()
         api = daemon.api
         api("POST", "/v1/config", {"budget": "4G"})
-        ckpt, xl = files["checkpoints/sd15/dreamshaper_8_pruned.safetensors"], files["checkpoints/sdxl/juggernautXL_v9_fp16.safetensors"]
+        ckpt = files["checkpoints/sd15/dreamshaper_8_pruned.safetensors"]
+        xl = files["checkpoints/sdxl/juggernautXL_v9_fp16.safetensors"]
         lora, grain = files["loras/detail_tweaker.safetensors"], files["loras/film_grain_v2.safetensors"]
         api("POST", "/v1/pin", {"path": str(xl), "pinned": True})
         api("POST", "/v1/acquire", {"path": str(grain)})
@@ -107,7 +108,8 @@ def standalone(out: Path, work: Path) -> Path:
         api("POST", "/v1/strategy", report)
         token = (daemon.home / "token").read_text().strip()
         with Browser(work / "profile", width=1100, height=1400) as browser:
-            page = browser.page(f"http://127.0.0.1:{json.loads((daemon.home / 'daemon.json').read_text())['port']}/#token={token}")
+            port = json.loads((daemon.home / "daemon.json").read_text())["port"]
+            page = browser.page(f"http://127.0.0.1:{port}/#token={token}")
             page.wait("document.querySelectorAll('.hearth-cache .hearth-tr[data-state=ready]').length === 3 && "
                       "!!document.querySelector('.hearth-inuse') && !!document.querySelector('.hearth-settings input')",
                       what="the panel")

@@ -20,6 +20,7 @@ import urllib.parse
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 
 from . import REPO, process
@@ -77,7 +78,7 @@ class Run:
     def node_seconds(self) -> dict[str, float]:
         """Seconds from each node's `executing` message to the next one: its time as the client sees it."""
         starts = [(t, d.get("node")) for t, k, d in self.messages if k == "executing"]
-        return {node: t1 - t0 for (t0, node), (t1, _) in zip(starts, starts[1:]) if node is not None}
+        return {node: t1 - t0 for (t0, node), (t1, _) in pairwise(starts) if node is not None}
 
 
 def _progress_text(frame: bytes) -> dict | None:

@@ -68,7 +68,7 @@ def build_split(checkout: Path, root: Path, shape: str = "tiny", seed: int = 0) 
     """The three files under `root` (kept when present; each built under a temporary name first)."""
     folder = SplitFolder(root, UNET.format(shape=shape), CLIP_L, VAE)
     for (sub, name), part in zip([("diffusion_models", folder.unet), ("text_encoders", folder.clip),
-                                  ("vae", folder.vae)], ("unet", "clip", "vae")):
+                                  ("vae", folder.vae)], ("unet", "clip", "vae"), strict=True):
         out = folder.path(sub, name)
         if out.exists():
             continue
@@ -87,12 +87,13 @@ def _child(part: str, shape: str, seed: int, out: str) -> None:
     import comfy.options
 
     comfy.options.enable_args_parsing()
+    from safetensors.torch import save_file
+
     import comfy.ldm.flux.model
     import comfy.ldm.models.autoencoder
     import comfy.model_detection
     import comfy.ops
     import comfy.sd1_clip
-    from safetensors.torch import save_file
 
     if part == "unet":
         # Only the parameters this release's FluxParams has (0.3.64 lacks txt_ids_dims and later ones).

@@ -12,7 +12,6 @@ with Hearth's nodes in the pack's colour. Drawn with Pillow's own font, so any m
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -36,7 +35,7 @@ def _shown(node: dict) -> list[tuple[str, str, bool]]:
     """What a Hearth node's card shows, as (label, value, on), from its API-twin inputs: the files it loads
     and the LoRA stack's rows (a row that is off is drawn dim)."""
     out = []
-    for key, value in node["inputs"].items():
+    for value in node["inputs"].values():
         if isinstance(value, dict) and "__value__" in value:  # the swapper's rows
             out += [(row["lora"].removesuffix(".safetensors"),
                      f"{row['strength_model']:.2f} / {row['strength_clip']:.2f}", row["on"])

@@ -36,7 +36,7 @@ def _copy_rate(sources: list, device) -> list[float]:
     for _ in range(PASSES):
         torch.cuda.synchronize()
         t0 = time.perf_counter()
-        for d, s in zip(dst, sources):
+        for d, s in zip(dst, sources, strict=True):
             d.copy_(s, non_blocking=True)
         torch.cuda.synchronize()
         rates.append(size / (time.perf_counter() - t0))

@@ -24,7 +24,7 @@ from harness.checkout import find_comfyui
 from harness.server import ComfyServer
 
 from ..load import OUT
-from .fixture import CKPT, LORAS, LOADER_ID, bench, scenario_models, txt2img_graph, warm_page_cache
+from .fixture import CKPT, LOADER_ID, LORAS, bench, scenario_models, txt2img_graph, warm_page_cache
 
 PROBE = '''\
 """Records every garbage collection of this ComfyUI process (bench/scenarios/gc_probe.py)."""
@@ -96,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
                          date=time.strftime("%Y-%m-%d %H:%M"))
                 results.append(r)
                 print(f"{checkout.parent.name} {args.label} run {i + 1}: loader {r['loader_s']:.2f} s, gen-2 in "
-                      f"loader {['%.2f' % s for s in r['gen2_in_loader']]}, elsewhere "
-                      f"{[(n, '%.2f' % s) for n, s in r['gen2_elsewhere']]}, young total {r['young_s']:.2f} s, "
+                      f"loader {[format(s, '.2f') for s in r['gen2_in_loader']]}, elsewhere "
+                      f"{[(n, format(s, '.2f')) for n, s in r['gen2_elsewhere']]}, young total {r['young_s']:.2f} s, "
                       f"prompt {r['prompt_s']:.2f} s", flush=True)
     (OUT / "gc_probe.json").write_text(json.dumps(results, indent=1))
     return 0

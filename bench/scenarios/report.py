@@ -138,7 +138,7 @@ def _first_prompt_rows(r5: dict) -> list[Row]:
     rows = [Row("5", "first prompt after start (txt2img 64x64, 1 step)", "s", t["stock"], t["hearth"],
                 chart="time")]
     for node_id, name in (("1", "loader"), ("2", "text encoder"), ("5", "sampler (1 step)"), ("6", "VAE decode")):
-        n = _series(r5, lambda r: r["nodes"].get(node_id, 0.0))
+        n = _series(r5, lambda r, node_id=node_id: r["nodes"].get(node_id, 0.0))
         rows.append(Row("5", f"↳ of which the {name} node", "s", n["stock"], n["hearth"]))
     return rows
 
@@ -279,7 +279,7 @@ def notes(doc: dict) -> list[str]:
                        f"{x['added'][0]:.2f}x and {x['added'][1]:.2f}x after its first prompt; Hearth's totals "
                        f"include the whole segment once")
     if "4" in s:
-        pairs = list(zip(s["4"]["stock"]["steps"], s["4"]["hearth"]["steps"]))
+        pairs = list(zip(s["4"]["stock"]["steps"], s["4"]["hearth"]["steps"], strict=False))
         same = sum(a["pixels_sha256"] == b["pixels_sha256"] for a, b in pairs)
         out.append(f"scenario 4: stock and Hearth images identical in {same}/{len(pairs)} steps (same seed)")
         for k in SIDES:
@@ -293,7 +293,7 @@ def notes(doc: dict) -> list[str]:
     for n in ("8", "9"):
         if n in s:
             loads = [x["loads"] for pc in ("warm", "cold") for x in s[n][pc]["hearth"]]
-            out.append(f"scenario {n}: Hearth side's reads {[sorted({st for *_, st in l}) for l in loads]} "
+            out.append(f"scenario {n}: Hearth side's reads {[sorted({st for *_, st in load}) for load in loads]} "
                        f"(all must be hits); the stock side reads nothing through Hearth: "
                        f"{all(not x['loads'] for pc in ('warm', 'cold') for x in s[n][pc]['stock'])}")
     if "10" in s:

@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import time
+from itertools import pairwise
 from pathlib import Path
 
 from harness import graphs
@@ -170,7 +171,7 @@ async def _run_queue(server: ComfyServer, prompts: list[dict], timeout: float = 
     per = []
     for pid in ids:
         steps = [(t, d.get("node")) for t, k, d in messages if k == "executing" and d.get("prompt_id") == pid]
-        nodes = {n: b - a for (a, n), (b, _) in zip(steps, steps[1:]) if n is not None}
+        nodes = {n: b - a for (a, n), (b, _) in pairwise(steps) if n is not None}
         per.append({"loader_s": nodes.get(LOADER_ID, 0.0), "end_s": steps[-1][0] - t0 if steps else None})
     loads = [d.get("status") for _, k, d in messages if k == "hearth.load" and d.get("kind") == "checkpoint"]
     return {"total_s": time.perf_counter() - t0, "prompts": per, "loads": loads}

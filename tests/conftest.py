@@ -21,18 +21,16 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
+import torch
+from safetensors.torch import _TYPES, load_file, save_file
+
 # The pack is imported the way ComfyUI imports it, from its folder, never pip-installed (harness/pack.py):
 # `import harness` makes `comfyui_hearth` this checkout here and in every process the tests start.
 _ROOT = str(Path(__file__).resolve().parents[1])
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 import harness  # noqa: E402,F401
-
-import pytest
-import torch
-from safetensors.torch import load_file, save_file
-
-from safetensors.torch import _TYPES
 
 PY = sys.executable
 ST_DTYPES = {v: k for k, v in _TYPES.items()}  # torch dtype -> safetensors' name
@@ -85,7 +83,8 @@ def make_sparse_model(path: Path, big_bytes: int, seed: int = 0) -> Path:
     header_entries, blobs, pos = {}, [], 0
     for name, t in small.items():
         data = raw(t)
-        header_entries[name] = {"dtype": ST_DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [pos, pos + len(data)]}
+        header_entries[name] = {"dtype": ST_DTYPES[t.dtype], "shape": list(t.shape),
+                                "data_offsets": [pos, pos + len(data)]}
         blobs.append(data)
         pos += len(data)
     header_entries["model.big"] = {"dtype": "U8", "shape": [big_bytes], "data_offsets": [pos, pos + big_bytes]}

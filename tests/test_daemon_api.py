@@ -12,7 +12,7 @@ import time
 import aiohttp
 import pytest
 
-from conftest import PY, make_model
+from conftest import make_model
 from hostile import CASES, GOOD
 
 ROUTES = [("GET", "/v1/status"), ("POST", "/v1/acquire"), ("POST", "/v1/release"), ("POST", "/v1/preload"),

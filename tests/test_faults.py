@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Client, assert_same_tensors, make_model, make_sparse_model, reference, sample_tensors
+from conftest import Client, assert_same_tensors, make_model, make_sparse_model, reference
 
 MB = 1 << 20
 BIG = 256 * MB

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -31,9 +30,8 @@ _ROOT = str(Path(__file__).resolve().parents[1])
 if _ROOT not in sys.path:  # `import harness` (see tests/comfy/__init__.py)
     sys.path.insert(0, _ROOT)
 
-from harness.fuzz import api, header  # noqa: E402
-
 from conftest import Daemon  # noqa: E402
+from harness.fuzz import api, header  # noqa: E402
 
 CORPUS = Path(__file__).parent / "fuzz_corpus"
 HEADER_FILES = sorted((CORPUS / "headers").glob("*.safetensors"))

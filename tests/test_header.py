@@ -10,9 +10,8 @@ import pytest
 from safetensors import safe_open
 
 from comfyui_hearth.client.mapping import map_segment
-from comfyui_hearth.core.safetensors_format import DTYPES, MAX_HEADER, parse_header, read_header
 from comfyui_hearth.core.errors import BadHeader
-
+from comfyui_hearth.core.safetensors_format import DTYPES, MAX_HEADER, parse_header, read_header
 from conftest import make_model, sample_tensors
 from hostile import CASES, GOOD, file, t
 

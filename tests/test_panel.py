@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from conftest import make_model
 
 WEB = Path(__file__).resolve().parents[1] / "web"
@@ -98,8 +99,8 @@ def test_browser_shows_a_preloaded_segment(daemon, tmp_path):
 
     dom = render(f"http://127.0.0.1:{daemon.port}/#token={daemon.token}", tmp_path / "profile")
     assert "daemon up" in dom, dom[-3000:]
-    row = re.search(rf'<div class="hearth-tr" role="row" data-key="{queued["key"]}" data-state="ready"[^>]*>(.*?)</div>',
-                    dom, re.S)
+    row = re.search(rf'<div class="hearth-tr" role="row" data-key="{queued["key"]}" data-state="ready"[^>]*>'
+                    r'(.*?)</div>', dom, re.S)
     assert row, dom[-3000:]
     assert "panel-model.safetensors" in row.group(1)
     assert "Cached models (1)" in dom
@@ -134,10 +135,9 @@ def test_panel_preload_pin_evict_settings_and_a_daemon_restart(make_daemon, tmp_
     """The standalone panel as a user works it: preload from the model list, pin and unpin, a model in use,
     evict, settings changed; then the daemon restarts on the same port and the panel picks up the same
     counters and the same history, and a reload of the page shows them too."""
+    from comfyui_hearth.core import login_units
     from harness.browser import Browser
     from harness.server import free_port
-
-    from comfyui_hearth.core import login_units
 
     xdg = tmp_path / "xdg"
     d = make_daemon(env={"HEARTH_PORT": str(free_port()), "XDG_CONFIG_HOME": str(xdg)})
@@ -183,7 +183,8 @@ def test_panel_preload_pin_evict_settings_and_a_daemon_restart(make_daemon, tmp_
             return r && r.querySelector('.hearth-inuse') && r.querySelector('.hearth-holders').innerText; }})()""",
                          what="the holder")
         assert held == f"python -c (pid {c.pid})", held
-        page.wait(f"document.querySelector('.hearth-activity')?.innerText.includes('base.safetensors: hit for python -c (pid {c.pid})')")
+        page.wait("document.querySelector('.hearth-activity')?.innerText"
+                  f".includes('base.safetensors: hit for python -c (pid {c.pid})')")
         c.tell()
         c.finish()
         page.wait(f"!document.querySelector('{_row(key)} .hearth-inuse')", timeout=45, what="the holder to go")
@@ -198,7 +199,8 @@ def test_panel_preload_pin_evict_settings_and_a_daemon_restart(make_daemon, tmp_
         page.type('.hearth-setting[data-setting="budget"] input', "64M", enter=True)
         d.wait_for(lambda: d.ok("GET", "/v1/config")["budget"] == "64M", what="the budget")
         page.wait("document.querySelector('.hearth-activity')?.innerText.includes('settings: budget 64M')")
-        page.wait("document.querySelector('.hearth-setting[data-setting=budget] small')?.innerText.startsWith('64.0 MiB')")
+        page.wait("document.querySelector('.hearth-setting[data-setting=budget] small')"
+                  "?.innerText.startsWith('64.0 MiB')")
         page.select('.hearth-setting[data-setting="warm_set"] select', "paused")
         d.wait_for(lambda: d.ok("GET", "/v1/config")["warm_set"] == "paused", what="the warm set")
         page.click('.hearth-setting[data-setting="autostart"] input')
@@ -208,8 +210,9 @@ def test_panel_preload_pin_evict_settings_and_a_daemon_restart(make_daemon, tmp_
         d.wait_for(lambda: not login_units.state({"XDG_CONFIG_HOME": str(xdg)})["enabled"], what="no start at login")
 
         # The VRAM node's explanation keeps its lines
-        d.ok("POST", "/v1/strategy", {"strategy": "cpu", "model": "m", "explanation": "Hearth VRAM plan for m\nChose cpu"})
-        assert page.wait("document.querySelector('.hearth-explanation')?.innerText") == "Hearth VRAM plan for m\nChose cpu"
+        explanation = "Hearth VRAM plan for m\nChose cpu"
+        d.ok("POST", "/v1/strategy", {"strategy": "cpu", "model": "m", "explanation": explanation})
+        assert page.wait("document.querySelector('.hearth-explanation')?.innerText") == explanation
 
         before = _stats(page)
         assert before == {"hits": 1, "misses": 0, "fills": 1, "evictions": 1}, before

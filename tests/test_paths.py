@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import make_model, reference, assert_same_tensors
+from conftest import assert_same_tensors, make_model, reference
 
 
 def _two_same_named(d):

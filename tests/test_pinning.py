@@ -10,14 +10,12 @@ import mmap
 import os
 import resource
 import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
 
 from comfyui_hearth.client import load, pinning
-
 from conftest import PY, assert_same_tensors, make_model, reference
 
 GiB = 2**30

@@ -8,7 +8,7 @@ import signal
 import time
 from pathlib import Path
 
-from conftest import UID, Client, assert_same_tensors, make_model, make_sparse_model, reference, sample_tensors
+from conftest import UID, Client, assert_same_tensors, make_model, make_sparse_model, reference
 
 MB = 1 << 20
 TESTS = str(Path(__file__).parent)

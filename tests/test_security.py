@@ -130,7 +130,7 @@ def test_a_real_browser_page_on_another_origin_gets_nothing(daemon, tmp_path):
     page = ATTACK_PAGE % {"port": d.port, "token": d.token}
 
     class Page(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 - the stdlib's name
+        def do_GET(self):  # the stdlib's name
             body = page.encode()
             self.send_response(200)
             self.send_header("Content-Type", "text/html")
@@ -214,7 +214,7 @@ def shared_tmpfs_daemon(make_daemon):
     another uid could not even execute)."""
     d = make_daemon(start=False)
     os.chown(d.shm, FOLDER_OWNER, FOLDER_OWNER)
-    os.chmod(d.shm, 0o1777)
+    os.chmod(d.shm, 0o1777)  # noqa: S103 - the shared, sticky folder this test is about
     return d
 
 
@@ -349,7 +349,7 @@ def test_file_modes(tmp_path):
         modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in home.iterdir()}
         assert {"token", "daemon.json", "index.json", "config.json", "daemon.log"} <= set(modes), modes
         assert all(m == 0o600 for m in modes.values()), {k: oct(m) for k, m in modes.items()}
-        segments = [p for p in shm.iterdir()]
+        segments = list(shm.iterdir())
         assert segments and all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in segments)
     finally:
         d.stop()

@@ -117,6 +117,37 @@ def test_second_acquire_is_a_hit_without_reading_the_file(in_process):
     assert d.status()["stats"]["fills"] == 1
 
 
+def _ready_event(d, key: str) -> dict:
+    [ev] = [e for e in d.ok("GET", "/v1/activity")["events"] if e.get("action") == "ready" and e["key"] == key]
+    return ev
+
+
+def test_a_fill_copies_what_the_page_cache_holds_from_there_and_reads_the_rest_from_disk(in_process):
+    """A file the page cache holds (just written, just loaded the stock way) is copied from RAM, not read
+    from the disk again with O_DIRECT; one the cache lost is read from the disk. The daemon's storage reads
+    (/proc/PID/io read_bytes) and the fill's own count (the ready event) say which."""
+    d = in_process
+    warm = make_model(d.models / "warm.safetensors", seed=5, numel=2 * MB)  # 4 MiB of fp16 in the cache
+    cold = make_model(d.models / "cold.safetensors", seed=6, numel=2 * MB)
+    with open(cold, "rb") as f:  # written back, then dropped from the page cache (nobody maps it)
+        os.fsync(f.fileno())
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    size = warm.stat().st_size
+    before = d.io()
+    a = d.acquire(warm)
+    middle = d.io()
+    b = d.acquire(cold)
+    after = d.io()
+    assert _ready_event(d, a["key"])["from_page_cache"] == size
+    assert middle["read_bytes"] - before["read_bytes"] < MB, (before, middle)
+    if after["read_bytes"] == middle["read_bytes"]:
+        pytest.skip("this file system served an O_DIRECT read without a storage read (no O_DIRECT here)")
+    assert _ready_event(d, b["key"])["from_page_cache"] < 4096  # the unaligned tail only
+    assert after["read_bytes"] - middle["read_bytes"] >= size - 4096
+    assert_same_tensors(_load(warm).tensors, reference(warm))
+    assert_same_tensors(_load(cold).tensors, reference(cold))
+
+
 def test_rewrite_with_mtime_set_back_is_not_served_stale(in_process):
     """Same inode, same size, mtime restored: only ctime shows the rewrite, and it must be enough."""
     d = in_process
@@ -574,8 +605,8 @@ def test_max_fills_applies_while_the_daemon_runs(daemon):
 def test_tmpfs_room_is_promised_whole_and_taken_per_range(small_tmpfs, monkeypatch):
     """daemon/room.py on a real 8 MB tmpfs: a promise counts against the next fill before any page is
     allocated; a range the tmpfs can no longer hold is ShmFull, not a SIGBUS later; close() returns the rest."""
-    from comfyui_hearth.daemon.room import Room
     from comfyui_hearth.core.errors import ShmFull
+    from comfyui_hearth.daemon.room import Room
 
     monkeypatch.setenv("HEARTH_SHM_DIR", str(small_tmpfs))
     a = os.open(small_tmpfs / "a.part", os.O_RDWR | os.O_CREAT, 0o600)

@@ -292,7 +292,7 @@ class Host:
         menu = menu or await self.menu(name)
         found = [i for path, (i, _p) in menu.items()
                  if len(parts := path.split("/")) == len(labels)
-                 and all(p.startswith(l) for p, l in zip(parts, labels))]
+                 and all(p.startswith(label) for p, label in zip(parts, labels, strict=True))]
         assert len(found) == 1, (labels, list(menu))
         await self.call(name, "/MenuBar", "com.canonical.dbusmenu", "Event", "isvu",
                         [found[0], "clicked", Variant("i", 0), int(time.time())])

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from comfyui_hearth.cli.workflow import locate
-from comfyui_hearth.core.workflow import (HEARTH_LOADERS, LOADERS, ModelRef, WorkflowError, models_in,
-                                          read_workflow)
+from comfyui_hearth.core.workflow import HEARTH_LOADERS, LOADERS, ModelRef, WorkflowError, models_in, read_workflow
 from conftest import make_model
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,6 +8,7 @@ path taken for files Hearth must leave alone.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sys
@@ -28,11 +29,10 @@ def _comfy(folders: dict[str, list[str]]) -> None:
     # comfy/utils.py would pass for it later (and the server's import of utils.install_util fail).
     import utils.extra_config  # noqa: F401
 
+    # isort: split
     import nodes  # noqa: F401 - ComfyUI's own nodes, imported before any pack as in main.py
 
     # The pack from its folder, as ComfyUI imports a custom node (a package named after nothing installed).
-    import importlib.util
-
     repo = Path(__file__).resolve().parents[2]
     spec = importlib.util.spec_from_file_location("comfyui_hearth", repo / "__init__.py",
                                                   submodule_search_locations=[str(repo)])
@@ -70,6 +70,7 @@ def reads(args: dict) -> dict:
     import torch
 
     import comfy.utils
+
     from comfyui_hearth.nodes import build
 
     out = {}

@@ -113,7 +113,7 @@ def test_meter_tab_activity_pin_and_settings(comfy_ui, tmp_path):
         # Preload from ComfyUI's list of names
         page.select(".hearth-preload select", "loras")
         page.type('.hearth-preload input[aria-label="Model name"]', "lora_b.safetensors", enter=True)
-        page.wait(f"!!document.querySelector(\".hearth-tr:has(.hearth-name[title='loras/lora_b.safetensors'])\")",
+        page.wait("!!document.querySelector(\".hearth-tr:has(.hearth-name[title='loras/lora_b.safetensors'])\")",
                   what="the preloaded LoRA")
 
         # Settings: the budget through the daemon, the stock loaders as ComfyUI's own setting
@@ -199,6 +199,7 @@ def test_console_line_at_load_names_the_panel_without_the_token(comfy_ui):
         assert time.monotonic() < deadline, server.log()[-3000:]
         time.sleep(0.2)
     line = next(x for x in server.log().splitlines() if "Hearth: using the running daemon" in x)
-    assert "its panel: the Hearth tab (a flame) in ComfyUI's sidebar, or the page `" in line and "status` prints" in line
+    assert "its panel: the Hearth tab (a flame) in ComfyUI's sidebar, or the page `" in line
+    assert "status` prints" in line
     token = (daemon.home / "token").read_text().strip()
     assert token not in server.log()

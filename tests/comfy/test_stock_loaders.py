@@ -10,7 +10,6 @@ path for what Hearth must leave alone, and ComfyUI 0.28's reload factories.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import urllib.request

@@ -107,7 +107,7 @@ def test_every_model_an_example_names_says_where_to_download_it(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_every_example_has_a_thumbnail_of_its_graph(name):
     path = EXAMPLES / f"{name}.jpg"
-    assert path.is_file(), f"no thumbnail: run python -m harness.thumbnails"
+    assert path.is_file(), "no thumbnail: run python -m harness.thumbnails"
     stored = Image.open(path)
     assert stored.format == "JPEG" and stored.size == thumbnails.SIZE
     # Drawn from the graph as it is now (JPEG's loss aside): a changed example needs a new thumbnail

@@ -98,7 +98,6 @@ def test_refusals_fall_back_to_the_stock_load(in_process, tmp_path):
 
 
 def test_register_roots_allows_a_folder(in_process, tmp_path):
-    d = in_process
     path = make_model(tmp_path / "comfy" / "checkpoints" / "m.safetensors")
     assert not client.load(str(path)).cached
     client.register_roots([str(path.parent)])
@@ -171,6 +170,24 @@ def test_pickle_checkpoints_load_weights_only_and_are_not_cached(in_process):
         assert not r.cached and "pickles" in r.reason
         assert_same_tensors(r.tensors, sd)
     assert d.status()["stats"]["misses"] == 0 and d.final_names() == []
+
+
+def test_pickle_with_an_int_device_loads_onto_that_cuda_device(in_process):
+    """An int device is a CUDA index, as safetensors' load_file takes it: the pickle's stock load gives it
+    to torch.load as cuda:N (torch.load would call a bare int as a map_location function)."""
+    p = in_process.models / "plain.ckpt"
+    sd = {"w": torch.randn(4, 4)}
+    torch.save(sd, p)
+    if torch.cuda.is_available():
+        r = client.load(str(p), 0)
+        assert not r.cached and r.tensors["w"].device == torch.device("cuda:0")
+        assert torch.equal(r.tensors["w"].cpu(), sd["w"])
+        return
+    with pytest.raises(RuntimeError) as stock:  # what torch.load itself says for cuda:0 on this machine
+        torch.load(p, map_location="cuda:0", weights_only=True)
+    with pytest.raises(RuntimeError) as ours:
+        client.load(str(p), 0)
+    assert str(ours.value) == str(stock.value)
 
 
 @pytest.mark.parametrize("name", ["evil.ckpt", "evil.pt", "evil.pth", "evil.bin", "evil.safetensors"])

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-usage() { echo "usage: ./dev.sh demo | test [pytest args...]" >&2; exit 2; }
+usage() { echo "usage: ./dev.sh demo | test [pytest args...] | lint" >&2; exit 2; }
 [ $# -ge 1 ] || usage
 
 if [ ! -x .venv/bin/python ]; then
@@ -22,9 +22,20 @@ if .venv/bin/python -m pip show -q comfyui-hearth >/dev/null 2>&1; then
     .venv/bin/python -m pip uninstall -q -y comfyui-hearth
 fi
 
+# ruff and mypy as pyproject.toml configures them; a finding stops the tests. mypy checks the pack under its
+# import name, comfyui_hearth, from the folder the tests import it from (harness/pack.py: one link to this
+# checkout), since the checkout's own folder may have any name; run there, it names files comfyui_hearth/...
+lint() {
+    .venv/bin/python -m ruff check .
+    local here=$PWD root
+    root=$(.venv/bin/python -c "from harness.pack import import_root; print(import_root())")
+    (cd "$root" && "$here/.venv/bin/python" -m mypy --config-file "$here/pyproject.toml" --cache-dir "$here/.mypy_cache")
+}
+
 cmd=$1; shift
 case "$cmd" in
     demo) exec .venv/bin/python -m bench.demo "$@" ;;
-    test) exec .venv/bin/python -m pytest -q tests "$@" ;;
+    test) lint; exec .venv/bin/python -m pytest -q tests "$@" ;;
+    lint) lint ;;
     *) usage ;;
 esac

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("hearth.state")
 
 
 def write_json_atomic(path: Path, data: Any, mode: int = 0o600) -> None:
@@ -34,3 +38,47 @@ def read_json(path: Path, default: Any = None) -> Any:
             return json.load(f)
     except (FileNotFoundError, ValueError, OSError):
         return default
+
+
+class LatestWriter:
+    """Writes the newest document given to it to `path`, atomically, on a thread of its own.
+
+    The daemon's state files change on its event loop, and an fsync there (a millisecond on this machine's
+    SSD, tens of milliseconds on a disk) would stall every request meanwhile: measured under load, the
+    index's fsync took a sixth of the loop's time. Documents given while one is written coalesce into the
+    newest, and writes never overtake each other. `flush` waits until what was given so far is on disk.
+    """
+
+    def __init__(self, path: Path, mode: int = 0o600):
+        self.path, self.mode = path, mode
+        self._cond = threading.Condition()
+        self._doc: Any = None
+        self._given = self._done = 0
+        self._writing = False
+
+    def write(self, doc: Any) -> None:
+        with self._cond:
+            self._doc, self._given = doc, self._given + 1
+            if not self._writing:
+                self._writing = True
+                threading.Thread(target=self._run, name="hearth-state-writer", daemon=True).start()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        with self._cond:
+            given = self._given
+            return self._cond.wait_for(lambda: self._done >= given, timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if self._done == self._given:
+                    self._writing = False
+                    return
+                doc, number = self._doc, self._given
+            try:
+                write_json_atomic(self.path, doc, self.mode)
+            except (OSError, TypeError, ValueError) as e:  # a full disk costs this state file, never the daemon
+                log.warning("could not write %s: %s", self.path, e)
+            with self._cond:
+                self._done = number
+                self._cond.notify_all()

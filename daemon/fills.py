@@ -265,7 +265,7 @@ class Fills:
 
         t0 = time.perf_counter()
         try:
-            fd, header = await asyncio.to_thread(segments.fill, source, progress, self._turn(f))
+            filled = await asyncio.to_thread(segments.fill, source, progress, self._turn(f))
         except BaseException as e:
             self._entries.pop(source.key, None)
             if not isinstance(e, asyncio.CancelledError):
@@ -279,15 +279,17 @@ class Fills:
                 self._events.emit("cache", action="failed", key=source.key, path=source.path, error=error)
             raise
         self.failures.pop(source.key, None)
-        entry.fd, entry.tensors, entry.filled = fd, len(header.tensors), source.size
+        entry.fd, entry.tensors, entry.filled = filled.fd, len(filled.header.tensors), source.size
         entry.fill_seconds = time.perf_counter() - t0
         entry.state = "ready"
         self._stats["fills"] += 1
         self._index.save(self._entries)
+        await self._index.saved()
         self._events.emit("cache", action="ready", key=source.key, path=source.path,
-                          seconds=round(entry.fill_seconds, 3))
-        log.info("filled %s: %s in %.2f s (%s)", source.path, format_size(source.size), entry.fill_seconds,
-                 PRIORITY_NAMES[f.priority])
+                          seconds=round(entry.fill_seconds, 3), from_page_cache=filled.from_page_cache)
+        log.info("filled %s: %s in %.2f s (%s; %s of it from the page cache)", source.path,
+                 format_size(source.size), entry.fill_seconds, PRIORITY_NAMES[f.priority],
+                 format_size(filled.from_page_cache))
         return entry
 
     def _remember_failure(self, source: SourceId, error: dict) -> None:

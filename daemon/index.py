@@ -6,18 +6,20 @@ ours there (a `.part` of a fill cut short, a segment not indexed or whose source
 Ready entries are saved, and beside them the models the index *remembers* (`"resident": false`): those it
 named when their segments were lost (a reboot, a cleared /dev/shm, a damaged segment) and that the warm set
 has not refilled yet (warmset.py), so a daemon stopped before its refill ended still knows them. `recover`
-runs in a worker thread before the loop serves anything; `save` and `forget` run on the loop.
+runs in a worker thread before the loop serves anything; `save` and `forget` run on the loop, and `save`
+hands the file's writing to a thread of its own (core/jsonfile.LatestWriter); `saved` waits for it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..core.errors import HearthError, SourceChanged
-from ..core.jsonfile import read_json, write_json_atomic
+from ..core.jsonfile import LatestWriter, read_json
 from ..core.sizes import format_size
 from . import segments
 from .entries import Entry
@@ -39,6 +41,7 @@ class Index:
     def __init__(self, path: Path):
         self.path = path
         self.remembered: dict[str, Remembered] = {}  # by key; never a key of a live entry
+        self._writer = LatestWriter(path)
 
     def save(self, entries: dict[str, Entry]) -> None:
         doc = {e.key: {"source": asdict(e.source), "hits": e.hits, "last_use": e.last_use,
@@ -51,7 +54,16 @@ class Index:
             else:
                 doc[key] = {"source": asdict(r.source), "hits": r.hits, "last_use": r.last_use,
                             "resident": False}
-        write_json_atomic(self.path, doc)
+        self._writer.write(doc)
+
+    async def saved(self) -> None:
+        """Until what was saved so far is on disk: a fill answers its waiters only once a restarted daemon
+        would re-adopt its segment."""
+        await asyncio.to_thread(self._writer.flush)
+
+    def flush(self) -> None:
+        """Until what was saved so far is on disk (the daemon's stop)."""
+        self._writer.flush()
 
     def forget(self, key: str | None = None, path: str | None = None) -> None:
         """Drop remembered models by key, by source path, or all (neither given); the next save writes it."""

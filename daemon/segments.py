@@ -24,6 +24,7 @@ from pathlib import Path
 from ..core.errors import NotAllowed, NotFound, ShmFull, SourceChanged, SourceUnreadable
 from ..core.home import hearth_home, shm_dir
 from ..core.safetensors_format import Header, read_header
+from .page_cache import Residency
 from .room import Room
 
 log = logging.getLogger("hearth.segments")
@@ -258,39 +259,70 @@ def _open_direct(source: SourceId) -> int:
         return -1
 
 
+def _cached_first(residency: Residency, cached: Callable[[int, int, Callable[[int], None]], None],
+                  direct: Callable[[int, int, Callable[[int], None]], None], counted: list[int]
+                  ) -> Callable[[int, int, Callable[[int], None]], None]:
+    """Copy a range the page cache mostly holds from there, any other with O_DIRECT; count the former."""
+    lock = threading.Lock()
+
+    def copy(begin: int, end: int, done: Callable[[int], None]) -> None:
+        if residency.mostly_cached(begin, end):
+            cached(begin, end, done)
+            with lock:
+                counted[0] += end - begin
+        else:
+            direct(begin, end, done)
+    return copy
+
+
 def _copy(source: SourceId, src_fd: int, dst_fd: int, dst_path: Path, room: Room,
-          progress: Callable[[int], None], turn: Callable[[], None]) -> None:
+          progress: Callable[[int], None], turn: Callable[[], None]) -> int:
     """Fill the segment from the source: O_DIRECT where the source's file system allows it (page-aligned
-    bulk; the unaligned tail through sendfile), sendfile everywhere else; each range's room is allocated
-    right before it is written."""
+    bulk; the unaligned tail through sendfile), sendfile everywhere else and for the ranges the page cache
+    holds already (page_cache.py); each range's room is allocated right before it is written. Returns the
+    bytes copied through the page cache."""
     size = source.size
     aligned = size - size % DIRECT_ALIGN
     sendfile = _in_room(room, _sendfile_ranges(src_fd, dst_path))
     direct_fd = _open_direct(source) if aligned else -1
     if direct_fd < 0:
         _parallel(sendfile, 0, size, progress, turn)
-        return
+        return size
+    from_cache = [size - aligned]
     try:
         with mmap.mmap(dst_fd, size) as mm, memoryview(mm) as view:
+            direct = _in_room(room, _direct_ranges(direct_fd, view))
             try:
-                _parallel(_in_room(room, _direct_ranges(direct_fd, view)), 0, aligned, progress, turn)
+                _parallel(_cached_first(Residency.of(src_fd, aligned), sendfile, direct, from_cache),
+                          0, aligned, progress, turn)
             except OSError as e:
                 if e.errno != errno.EINVAL:
                     raise
                 log.info("O_DIRECT reads refused for %s; filling through the page cache", source.path)
-                aligned = 0
+                from_cache[0], aligned = size, 0
         _parallel(sendfile, aligned, size, progress, turn)
     finally:
         os.close(direct_fd)
+    return from_cache[0]
 
 
 def _no_turn() -> None:
     pass
 
 
+@dataclass(frozen=True)
+class Filled:
+    """A segment just published: its read-only descriptor, its header, and how many of its bytes were
+    copied from the page cache rather than read from the disk (the fill's log line and ready event)."""
+
+    fd: int
+    header: Header
+    from_page_cache: int
+
+
 def fill(source: SourceId, progress: Callable[[int], None] = lambda n: None,
-         turn: Callable[[], None] = _no_turn) -> tuple[int, Header]:
-    """Copy `source` into a new segment and publish it; return its open read-only fd and header.
+         turn: Callable[[], None] = _no_turn) -> Filled:
+    """Copy `source` into a new segment and publish it.
 
     `turn` runs in each copy thread before each range (fills.py: priorities and aborts). Raises ShmFull
     when the tmpfs cannot hold it, SourceChanged when the file changed under the fill, SourceUnreadable
@@ -306,7 +338,7 @@ def fill(source: SourceId, progress: Callable[[int], None] = lambda n: None,
         try:
             room = Room(dst, source.size, source.path)
             try:
-                _copy(source, src, dst, part, room, progress, turn)
+                from_cache = _copy(source, src, dst, part, room, progress, turn)
             except OSError as e:  # EIO from a failing disk, a FUSE or network file system that went wrong
                 if e.errno in (errno.ENOSPC, errno.EFBIG):
                     raise ShmFull(f"{shm_dir()} ran out of room while {source.path} was copied there") from None
@@ -332,7 +364,7 @@ def fill(source: SourceId, progress: Callable[[int], None] = lambda n: None,
         os.close(src)
     ro = os.open(f"/proc/self/fd/{dst}", os.O_RDONLY)  # the inode just published, whatever the name holds now
     os.close(dst)
-    return ro, header
+    return Filled(ro, header, from_cache)
 
 
 def open_existing(key: str, source: SourceId) -> tuple[int, Header]:

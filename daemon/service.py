@@ -77,6 +77,7 @@ class Service:
         self.warm.stop()
         self.fills.cancel()
         self.index.save(self.entries)
+        self.index.flush()
         self.activity.save()
 
     def shutdown(self, unless_busy: bool = False) -> dict:

@@ -58,39 +58,47 @@ def _reason(path: str, message: str) -> str:
 
 
 def _progress(conn, queued: list[dict]) -> int:
-    """Draw a bar for the file being filled until every queued file is ready or failed; count failures.
+    """Wait until every queued file is ready or failed, saying which on stderr; count failures. On a terminal
+    one bar shows the bytes filled of them all, named after the file being filled.
 
     A file is waited for while the daemon lists its key as pending (waiting for a fill slot or filling);
     after that it is either ready or has a failure with its reason.
     """
+    from .progress import Progress  # tqdm (~50 ms) only for a command that waits
+
+    if not queued:
+        return 0
     pending = {q["key"]: q["path"] for q in queued}
-    tty = sys.stderr.isatty()
-    failed, bar_drawn = 0, False
-    while pending:
-        doc = conn.get("/v1/status")
-        segs = {s["key"]: s for s in doc["segments"] if s["state"] != "stale"}
-        failures = {f["key"]: f for f in doc.get("failures", [])}
-        in_flight = set(doc.get("pending", []))
-        for key, path in sorted(pending.items(), key=lambda kv: kv[1]):
-            s = segs.get(key)
-            if s is not None and s["state"] == "ready":
-                line = f"ready {path}"
-            elif key in in_flight:
-                if tty and s is not None:
-                    frac = s["filled"] / max(s["size"], 1)
-                    print(f"\r[{'#' * int(30 * frac):<30}] {100 * frac:5.1f}% {os.path.basename(path)}",
-                          end="", file=sys.stderr, flush=True)
-                    bar_drawn = True
-                continue
-            else:
-                failed += 1
-                f = failures.get(key)
-                line = _reason(path, f["message"] if f else "left the cache before it was ready (see the log)")
-            del pending[key]
-            print(("\r\033[K" if bar_drawn else "") + line, file=sys.stderr)
-            bar_drawn = False
-        if pending:
-            time.sleep(0.2)
+    sizes = {q["key"]: q["size"] for q in queued}
+    done: dict[str, int] = {}  # bytes filled per file; a file ready or failed counts whole
+    failed = 0
+    with Progress(sum(sizes.values())) as bar:
+        while pending:
+            doc = conn.get("/v1/status")
+            segs = {s["key"]: s for s in doc["segments"] if s["state"] != "stale"}
+            failures = {f["key"]: f for f in doc.get("failures", [])}
+            in_flight = set(doc.get("pending", []))
+            filling = []
+            for key, path in sorted(pending.items(), key=lambda kv: kv[1]):
+                s = segs.get(key)
+                if s is not None and s["state"] == "ready":
+                    line = f"ready {path}"
+                elif key in in_flight:
+                    if s is not None:
+                        done[key] = s["filled"]
+                        filling.append(os.path.basename(path))
+                    continue
+                else:
+                    failed += 1
+                    f = failures.get(key)
+                    line = _reason(path, f["message"] if f else "left the cache before it was ready (see the log)")
+                done[key] = sizes[key]
+                del pending[key]
+                bar.say(line)
+            label = filling[0] + (f" and {len(filling) - 1} more" if len(filling) > 1 else "") if filling else None
+            bar.update(sum(done.values()), label)
+            if pending:
+                time.sleep(0.2)
     return failed
 
 

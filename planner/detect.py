@@ -52,12 +52,12 @@ class Hardware:
 
     @classmethod
     def profile(cls, vram: int, ram: int, compute_capability: tuple[int, int] | None = None,
-                kind: str = "cuda", shm: int | None = None) -> "Hardware":
+                kind: str = "cuda", shm: int | None = None) -> Hardware:
         """A machine one does not have: one GPU with `vram` bytes free (0: no GPU) and `ram` bytes free.
 
         /dev/shm defaults to the whole RAM, so a profile never warns about shared memory it cannot know.
         """
-        accelerators = ()
+        accelerators: tuple[Accelerator, ...] = ()
         if vram > 0:
             cc = compute_capability if kind == "cuda" else None
             accelerators = (Accelerator(kind, 0, f"{vram / GiB:g} GiB {kind} (profile)", vram, vram, cc,
@@ -81,7 +81,7 @@ def detect() -> Hardware:
 def _import_torch(notes: list[str]):
     try:
         import torch
-    except Exception as exc:  # not only ImportError: a broken install can raise anything at import
+    except Exception as exc:  # noqa: BLE001 - not only ImportError: a broken install can raise anything at import
         notes.append(f"torch unavailable ({exc.__class__.__name__}: {exc}); GPUs not detected")
         return None
     return torch
@@ -105,7 +105,7 @@ def _cuda(torch, notes: list[str]) -> list[Accelerator]:
             found.append(Accelerator("cuda", i, props.name, total, free, cc, fp8, bf16))
         if rocm:
             notes.append("ROCm device: compute capability and FP8 support not assessed")
-    except Exception as exc:  # a missing or mismatched driver raises RuntimeError, AssertionError, ...
+    except Exception as exc:  # noqa: BLE001 - a missing or mismatched driver raises RuntimeError, AssertionError, ...
         log.warning("CUDA detection failed: %s", exc)
         notes.append(f"CUDA present but unusable ({exc.__class__.__name__}: {exc}); reporting no CUDA device")
         return []
@@ -120,7 +120,7 @@ def _mps(torch, notes: list[str]) -> list[Accelerator]:
         total = torch.mps.recommended_max_memory()
         free = min(total - torch.mps.driver_allocated_memory(), psutil.virtual_memory().available)
         return [Accelerator("mps", 0, "Apple MPS", total, free, None, fp8=False, bf16=True)]
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - as for CUDA: whatever fails means no MPS device, and a note
         log.warning("MPS detection failed: %s", exc)
         notes.append(f"MPS present but unusable ({exc.__class__.__name__}: {exc})")
         return []

@@ -51,13 +51,22 @@ PARTIAL_MIN_FRACTION = 0.10
 
 
 class PlanImpossible(HearthError):
-    """No strategy (or not the one asked for) can run the model; the message says what would fit."""
+    """No strategy (or not the one asked for) can run the model; the message says what would fit, in one
+    paragraph. `misfit` carries the same in figures (None where a caller raised it without), for a reader
+    that lays them out (the CLI) and for the JSON (`to_dict`'s `details`)."""
 
     code, http_status = "plan_impossible", 422
 
-    def __init__(self, message: str, alternatives: tuple[str, ...] = ()):
+    def __init__(self, message: str, alternatives: tuple[str, ...] = (), misfit: Misfit | None = None):
         super().__init__(message)
         self.alternatives = alternatives  # strategies that do fit here, best first
+        self.misfit = misfit
+
+    def to_dict(self) -> dict:
+        doc = super().to_dict()
+        if self.misfit is not None:
+            doc["error"]["details"] = dataclasses.asdict(self.misfit)
+        return doc
 
 
 @dataclass(frozen=True)
@@ -68,7 +77,8 @@ class ModelSpec:
     `dtype_bytes` is bytes per weight as stored (4 fp32, 2 fp16/bf16, 1 fp8); `kind` "text_encoder"
     stays 16-bit on CPU, anything else ("diffusion", "vae") is upcast to fp32 there. `family` sizes the
     workspace (None: ComfyUI's defaults, work.GENERIC); `largest_bytes` is the largest tensor as stored
-    (None: 2 % of the weights).
+    (None: 2 % of the weights); `dtype` the safetensors dtype holding most bytes, where known ("F16"),
+    for the words only.
     """
 
     weights_bytes: int
@@ -77,6 +87,7 @@ class ModelSpec:
     name: str = ""
     family: Family | None = None
     largest_bytes: int | None = None
+    dtype: str | None = None
 
     def __post_init__(self):
         if self.weights_bytes <= 0 or self.dtype_bytes not in (1, 2, 4, 8):
@@ -87,6 +98,53 @@ class ModelSpec:
     @property
     def params(self) -> int:
         return self.weights_bytes // self.dtype_bytes
+
+    @property
+    def weight_type(self) -> str:
+        """The stored weights' type in words: 'fp16', 'bf16', 'fp8 (e4m3)'; by width where the dtype is not known."""
+        return _TYPE_NAMES.get(self.dtype or "", _width_name(self.dtype_bytes))
+
+    def describe(self) -> str:
+        """The model in words, with its size and stored type: 'flux.safetensors, 22.2 GiB of fp16 weights'."""
+        weights = f"{format_size(self.weights_bytes)} of {self.weight_type} weights"
+        return f"{self.name}, {weights}" if self.name else weights
+
+
+_TYPE_NAMES = {"F64": "fp64", "F32": "fp32", "F16": "fp16", "BF16": "bf16", "F8_E4M3": "fp8 (e4m3)",
+               "F8_E5M2": "fp8 (e5m2)", "F8_E4M3FNUZ": "fp8 (e4m3fnuz)", "F8_E5M2FNUZ": "fp8 (e5m2fnuz)",
+               "F8_E8M0": "fp8 (e8m0)"}
+
+
+def _width_name(dtype_bytes: int) -> str:
+    """A weight width in words where only the width is known: what the planner computes with."""
+    return {1: "fp8", 2: "16-bit", 4: "fp32", 8: "fp64"}[dtype_bytes]
+
+
+def compute_bytes(model: ModelSpec, strategy: str) -> int:
+    """Bytes per weight while `strategy` runs `model`: on a GPU 16 bits at most (ComfyUI casts fp32 to fp16 or
+    bf16), FP8 under fp8; on the CPU fp32 for a diffusion model or a VAE (ComfyUI upcasts them there, DESIGN
+    8a), the stored width (16 bits at most) for a text encoder."""
+    if strategy == "fp8":
+        return 1
+    if strategy == "cpu" and model.kind != "text_encoder":
+        return 4
+    return min(model.dtype_bytes, 2)
+
+
+def compute_note(model: ModelSpec, strategy: str) -> str | None:
+    """Why the weights take another size than the file's under `strategy`, with that size; None when they do not."""
+    width = compute_bytes(model, strategy)
+    if width == model.dtype_bytes:
+        return None
+    size = format_size(model.params * width)
+    if strategy == "cpu":
+        kind = "a VAE" if model.kind == "vae" else "a diffusion model"
+        cast = "upcasts" if model.dtype_bytes < width else "casts"
+        return (f"computed in fp32 on the CPU: ComfyUI {cast} {kind}'s {model.weight_type} weights to fp32 "
+                f"there, so they take {size} of RAM")
+    if strategy == "fp8":
+        return f"cast from {model.weight_type} to fp8 on the GPU: {size} of VRAM"
+    return f"cast from {model.weight_type} to 16 bits (fp16 or bf16) on the GPU, as ComfyUI does: {size}"
 
 
 @dataclass(frozen=True)
@@ -106,7 +164,9 @@ class Plan:
 
 
 @dataclass(frozen=True)
-class _Option:
+class Option:
+    """One strategy of the ladder on one machine: what it would do and need, and why it cannot run if not."""
+
     strategy: str
     does: str  # what it does here, with the numbers
     vram: int
@@ -115,18 +175,37 @@ class _Option:
     problem: str | None  # why it cannot run here; None: it can
 
 
+@dataclass(frozen=True)
+class Misfit:
+    """A refused plan in figures: the machine as the planner saw it and every strategy's verdict there.
+
+    `options` holds the whole ladder, best first (those that fit have no problem); `unbudgeted` is the
+    strategy that would run without the VRAM budget (None: no budget binds, or nothing would).
+    """
+
+    model: str  # the model in words
+    asked: str  # "auto" or the strategy asked for
+    usable_vram: int
+    usable_why: str
+    ram_available: int
+    reserve: int
+    workspace_why: str
+    options: tuple[Option, ...]
+    unbudgeted: str | None
+
+
 class _Situation:
     """One model on one machine: the sizes every strategy is judged by, and one method per strategy."""
 
     def __init__(self, model: ModelSpec, hw: Hardware, budget: int | None, reserve: int, work: Work | None):
-        self.model, self.hw = model, hw
+        self.model, self.hw, self.reserve, self.work = model, hw, reserve, work
         self.gpu = hw.accelerators[0] if hw.accelerators else None  # device 0, ComfyUI's default
         free = self.gpu.vram_free if self.gpu else 0
         self.usable = max(0, free - reserve if budget is None else min(free - reserve, budget))
         self.usable_why = f"{format_size(free)} free - {format_size(reserve)} reserve"
         if budget is not None and budget < free - reserve:
             self.usable_why += f", capped by the {format_size(budget)} budget"
-        self.weights = model.params * min(model.dtype_bytes, 2)
+        self.weights = model.params * compute_bytes(model, "full_gpu")
         family = model.family or GENERIC
         self.stream_workspace = family.workspace(work)  # what a run with nothing resident needs
         self.workspace = max(WORKSPACE_FLOOR, self.stream_workspace)  # with resident weights: ComfyUI's floor
@@ -148,45 +227,50 @@ class _Situation:
             return None
         return f"needs {format_size(need)} of VRAM ({parts}), only {format_size(self.usable)} usable"
 
-    def full_gpu(self) -> _Option:
+    def full_gpu(self) -> Option:
         need = self.weights + self.workspace
         problem = self._gpu_problem() or self._vram_problem(
             need, f"{format_size(self.weights)} weights + {format_size(self.workspace)} workspace")
-        return _Option("full_gpu", f"all {format_size(self.weights)} of weights stay in VRAM",
+        return Option("full_gpu", f"all {format_size(self.weights)} of weights stay in VRAM",
                        need, 0, self.weights, problem)
 
-    def fp8(self) -> _Option:
-        fp8_weights = self.model.params
+    def _fp8_problem(self) -> str | None:
+        if self.gpu is None:
+            return "no GPU"
+        if self.model.dtype_bytes == 1:
+            return "the weights are already FP8"
+        if self.gpu.kind == "mps":
+            return "Apple MPS has no FP8"
+        cc = self.gpu.compute_capability
+        if cc is None:
+            return "FP8 needs compute capability 8.9+ and this GPU's is unknown"
+        return None if self.gpu.fp8 else f"FP8 needs compute capability 8.9+, this GPU has {cc[0]}.{cc[1]}"
+
+    def fp8(self) -> Option:
+        fp8_weights = self.model.params * compute_bytes(self.model, "fp8")
         need = fp8_weights + self.workspace
-        cc = self.gpu.compute_capability if self.gpu else None
-        problem = (self._gpu_problem()
-                   or ("the weights are already FP8" if self.model.dtype_bytes == 1 else None)
-                   or ("Apple MPS has no FP8" if self.gpu.kind == "mps" else None)
-                   or ("FP8 needs compute capability 8.9+ and this GPU's is unknown" if cc is None else None)
-                   or (f"FP8 needs compute capability 8.9+, this GPU has {cc[0]}.{cc[1]}"
-                       if not self.gpu.fp8 else None)
-                   or self._vram_problem(need, f"{format_size(fp8_weights)} FP8 weights + "
-                                               f"{format_size(self.workspace)} workspace"))
-        return _Option("fp8", f"the weights are cast to FP8 on the GPU ({format_size(self.weights)} -> "
+        problem = self._fp8_problem() or self._vram_problem(
+            need, f"{format_size(fp8_weights)} FP8 weights + {format_size(self.workspace)} workspace")
+        return Option("fp8", f"the weights are cast to FP8 on the GPU ({format_size(self.weights)} -> "
                               f"{format_size(fp8_weights)}) and all stay in VRAM", need, 0, fp8_weights, problem)
 
-    def partial(self) -> _Option:
+    def partial(self) -> Option:
         floor = int(PARTIAL_MIN_FRACTION * self.weights)
         resident = max(0, min(self.weights, self.usable - self.workspace - self.layers))
         streamed = self.weights - resident
         problem = (self._gpu_problem(streams=True)
                    or (self._vram_problem(floor + self.layers + self.workspace,
-                                          f"at least {PARTIAL_MIN_FRACTION:.0%} of the weights ({format_size(floor)}) resident + "
-                                          f"{format_size(self.layers)} for two streamed layers + "
+                                          f"at least {PARTIAL_MIN_FRACTION:.0%} of the weights ({format_size(floor)}) "
+                                          f"resident + {format_size(self.layers)} for two streamed layers + "
                                           f"{format_size(self.workspace)} workspace")
                        if resident < floor else None)
-                   or (f"streams {format_size(streamed)} of weights from RAM, only {format_size(self.hw.ram_available)} "
-                       f"available" if streamed > self.hw.ram_available else None))
-        return _Option("partial", f"{format_size(resident)} of the {format_size(self.weights)} of weights stay in VRAM and "
-                                  f"the other {format_size(streamed)} stream from pinned RAM at every step",
-                       resident + self.layers + self.workspace, streamed, resident, problem)
+                   or (f"streams {format_size(streamed)} of weights from RAM, only "
+                       f"{format_size(self.hw.ram_available)} available" if streamed > self.hw.ram_available else None))
+        return Option("partial", f"{format_size(resident)} of the {format_size(self.weights)} of weights stay in VRAM "
+                                 f"and the other {format_size(streamed)} stream from pinned RAM at every step",
+                      resident + self.layers + self.workspace, streamed, resident, problem)
 
-    def sequential(self) -> _Option:
+    def sequential(self) -> Option:
         need = self.layers + self.stream_workspace
         problem = (self._gpu_problem(streams=True)
                    or self._vram_problem(need, f"{format_size(self.layers)} for two streamed layers + "
@@ -194,21 +278,22 @@ class _Situation:
                    or (f"needs all {format_size(self.weights)} of weights in RAM, only "
                        f"{format_size(self.hw.ram_available)} available"
                        if self.weights > self.hw.ram_available else None))
-        return _Option("sequential", f"no weights stay in VRAM: all {format_size(self.weights)} stream from pinned "
+        return Option("sequential", f"no weights stay in VRAM: all {format_size(self.weights)} stream from pinned "
                                      f"RAM layer by layer at every step", need, self.weights, 0, problem)
 
-    def cpu(self) -> _Option:
-        per_weight = min(self.model.dtype_bytes, 2) if self.model.kind == "text_encoder" else 4
-        weights = self.model.params * per_weight
+    def cpu(self) -> Option:
+        width = compute_bytes(self.model, "cpu")
+        words = self.model.weight_type if width == self.model.dtype_bytes else _width_name(width)
+        weights = self.model.params * width
         need = weights + self.workspace
         problem = None
         if need > self.hw.ram_available:
-            problem = (f"needs {format_size(need)} of RAM ({format_size(weights)} {8 * per_weight}-bit weights + "
+            problem = (f"needs {format_size(need)} of RAM ({format_size(weights)} of {words} weights + "
                        f"{format_size(self.workspace)} workspace), only {format_size(self.hw.ram_available)} available")
-        return _Option("cpu", f"the model runs on the CPU with its {format_size(weights)} of {8 * per_weight}-bit "
-                              f"weights in RAM", 0, need, 0, problem)
+        return Option("cpu", f"the model runs on the CPU with its weights in {words}, {format_size(weights)} in RAM",
+                      0, need, 0, problem)
 
-    def options(self) -> list[_Option]:
+    def options(self) -> list[Option]:
         return [getattr(self, name)() for name in LADDER]
 
 
@@ -223,28 +308,36 @@ def plan(model: ModelSpec, hardware: Hardware, budget: int | None = None, reserv
     """
     if strategy != "auto" and strategy not in LADDER:
         raise ValueError(f"unknown strategy {strategy!r}; one of auto, {', '.join(LADDER)}")
-    reserve = DEFAULT_RESERVE if reserve is None else reserve
-    if reserve < 0 or (budget is not None and budget < 0):
-        raise ValueError("budget and reserve must be >= 0")
-    here = _Situation(model, hardware, budget, reserve, work)
+    here = _situation(model, hardware, budget, reserve, work)
     options = here.options()
-    fitting = tuple(o.strategy for o in options if o.problem is None)
-    name = model.name or f"a {format_size(model.weights_bytes)} model"
-    if strategy == "auto":
-        if not fitting:
-            raise PlanImpossible(_nothing_fits(name, here, options, model, hardware, reserve, work))
-        strategy = fitting[0]
-    chosen = options[LADDER.index(strategy)]
-    if chosen.problem:
-        raise PlanImpossible(f"{strategy} cannot run {name} here: {chosen.problem}. "
-                             + (f"What fits: {', '.join(fitting)}." if fitting else "Nothing fits."), fitting)
+    fits = tuple(o.strategy for o in options if o.problem is None)
+    if strategy == "auto" and fits:
+        strategy = fits[0]
+    chosen = None if strategy == "auto" else options[LADDER.index(strategy)]
+    if chosen is None or chosen.problem:
+        misfit = _misfit(here, strategy, options)
+        raise PlanImpossible(_refusal(misfit, fits), fits, misfit)
     result = Plan(chosen.strategy, chosen.vram, chosen.ram, chosen.resident, _warnings(here, chosen),
                   _explain(here, chosen, options))
-    log.debug("plan for %s: %s", name, result)
+    log.debug("plan for %s: %s", model.name or model.describe(), result)
     return result
 
 
-def _explain(here: _Situation, chosen: _Option, options: list[_Option]) -> str:
+def fitting(model: ModelSpec, hardware: Hardware, budget: int | None = None, reserve: int | None = None,
+            work: Work | None = None) -> tuple[str, ...]:
+    """The strategies that can run `model` on `hardware`, best first (empty: none); arguments as plan()'s."""
+    return tuple(o.strategy for o in _situation(model, hardware, budget, reserve, work).options() if o.problem is None)
+
+
+def _situation(model: ModelSpec, hardware: Hardware, budget: int | None, reserve: int | None,
+               work: Work | None) -> _Situation:
+    reserve = DEFAULT_RESERVE if reserve is None else reserve
+    if reserve < 0 or (budget is not None and budget < 0):
+        raise ValueError("budget and reserve must be >= 0")
+    return _Situation(model, hardware, budget, reserve, work)
+
+
+def _explain(here: _Situation, chosen: Option, options: list[Option]) -> str:
     usage = f"VRAM {format_size(chosen.vram)}, RAM {format_size(chosen.ram)}"
     if here.gpu:
         usage += f"; usable VRAM {format_size(here.usable)} = {here.usable_why}"
@@ -258,34 +351,46 @@ def _explain(here: _Situation, chosen: _Option, options: list[_Option]) -> str:
     return text + f" Workspace: {here.workspace_why}."
 
 
-def _warnings(here: _Situation, chosen: _Option) -> tuple[str, ...]:
+def _warnings(here: _Situation, chosen: Option) -> tuple[str, ...]:
     warnings = []
     if chosen.strategy == "fp8":
         warnings.append("FP8 weights: outputs differ slightly from the 16-bit model")
     if chosen.strategy in ("partial", "sequential"):
         warnings.append(f"{format_size(chosen.ram)} cross the PCIe bus at every step: slower than a full load")
         if here.hw.shm_free < chosen.ram:
-            warnings.append(f"/dev/shm has {format_size(here.hw.shm_free)} free, less than the {format_size(chosen.ram)} "
-                            f"to stream: Hearth cannot share them, ComfyUI will pin private RAM instead")
+            warnings.append(f"/dev/shm has {format_size(here.hw.shm_free)} free, less than the "
+                            f"{format_size(chosen.ram)} to stream: Hearth cannot share them, ComfyUI will pin private "
+                            f"RAM instead")
     if chosen.strategy == "cpu":
         warnings.append("CPU inference is slow: expect minutes per image")
     return tuple(warnings)
 
 
-def _nothing_fits(name: str, here: _Situation, options: list[_Option], model: ModelSpec,
-                  hardware: Hardware, reserve: int, work: Work | None) -> str:
-    reasons = "; ".join(f"{o.strategy}: {o.problem}" for o in options)
-    seq, cpu = options[LADDER.index("sequential")], options[LADDER.index("cpu")]
-    fits = (f"It would fit on a CUDA GPU with {format_size(seq.vram + reserve)} free and {format_size(seq.ram)} of RAM "
-            f"(sequential), or on the CPU with {format_size(cpu.ram)} of RAM.")
-    if here.usable < (here.gpu.vram_free - reserve if here.gpu else 0):
-        try:
-            unbudgeted = plan(model, hardware, None, reserve, work=work)
-            fits += f" Without the VRAM budget it would run as {unbudgeted.strategy}."
-        except PlanImpossible:
-            pass
-    return (f"Nothing fits {name} on this hardware (usable VRAM {format_size(here.usable)} = {here.usable_why}; "
-            f"{reasons}). {fits} Workspace: {here.workspace_why}.")
+def _misfit(here: _Situation, asked: str, options: list[Option]) -> Misfit:
+    unbudgeted = None
+    free = here.gpu.vram_free if here.gpu else 0
+    if here.usable < free - here.reserve:  # the budget binds: would the model run without it?
+        unbound = [o.strategy for o in _Situation(here.model, here.hw, None, here.reserve, here.work).options()
+                   if o.problem is None]
+        unbudgeted = (unbound[0] if unbound else None) if asked == "auto" else (asked if asked in unbound else None)
+    return Misfit(here.model.name or here.model.describe(), asked, here.usable, here.usable_why,
+                  here.hw.ram_available, here.reserve, here.workspace_why, tuple(options), unbudgeted)
+
+
+def _refusal(m: Misfit, fits: tuple[str, ...]) -> str:
+    """The refusal in one paragraph: what a node's warning, a log line and the API's error message carry."""
+    if m.asked != "auto":
+        problem = m.options[LADDER.index(m.asked)].problem
+        return (f"{m.asked} cannot run {m.model} here: {problem}. "
+                + (f"What fits: {', '.join(fits)}." if fits else "Nothing fits."))
+    reasons = "; ".join(f"{o.strategy}: {o.problem}" for o in m.options)
+    seq, cpu = m.options[LADDER.index("sequential")], m.options[LADDER.index("cpu")]
+    text = (f"It would fit on a CUDA GPU with {format_size(seq.vram + m.reserve)} free and {format_size(seq.ram)} of "
+            f"RAM (sequential), or on the CPU with {format_size(cpu.ram)} of RAM.")
+    if m.unbudgeted:
+        text += f" Without the VRAM budget it would run as {m.unbudgeted}."
+    return (f"Nothing fits {m.model} on this hardware (usable VRAM {format_size(m.usable_vram)} = {m.usable_why}; "
+            f"{reasons}). {text} Workspace: {m.workspace_why}.")
 
 
 def model_spec_from_file(path: str | os.PathLike) -> ModelSpec:
@@ -293,9 +398,9 @@ def model_spec_from_file(path: str | os.PathLike) -> ModelSpec:
 
     A full checkpoint (keys under `model.diffusion_model.`) is sized by its diffusion model: that is what
     is on the GPU while sampling (ComfyUI runs the text encoders and the VAE before and after it).
-    The dtype is the one holding most bytes; the largest tensor sizes the streamed layers. Raises BadHeader for a malformed header (the same validation
-    as the cache's), ValueError when most bytes are not floats (quantized integer formats are beyond this
-    planner).
+    The dtype is the one holding most bytes; the largest tensor sizes the streamed layers. Raises BadHeader
+    for a malformed header (the same validation as the cache's), ValueError when most bytes are not floats
+    (quantized integer formats are beyond this planner).
     """
     path = os.fspath(path)
     with open(path, "rb") as f:
@@ -312,4 +417,4 @@ def model_spec_from_file(path: str | os.PathLike) -> ModelSpec:
     if not DTYPES[dominant].is_float:
         raise ValueError(f"{path}: most weights are {dominant}; the planner sizes float weights only")
     return ModelSpec(sum(by_dtype.values()), DTYPES[dominant].size, "diffusion", os.path.basename(path),
-                     largest_bytes=max(e.end - e.begin for e in tensors))
+                     largest_bytes=max(e.end - e.begin for e in tensors), dtype=dominant)

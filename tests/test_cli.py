@@ -5,11 +5,15 @@ Exit codes (DESIGN section 10): 0 success, 1 a refused request with one line on 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pty
+import re
 import select
+import struct
 import subprocess
+import termios
 
 import pytest
 
@@ -70,7 +74,8 @@ def test_preload_fills_and_reports(daemon):
     a, b = make_model(d.models / "a.safetensors"), make_model(d.models / "b.safetensors", seed=1)
     r = d.cli("preload", str(a), str(b))
     assert r.returncode == 0, r.stderr
-    assert f"ready {a}" in r.stderr and f"ready {b}" in r.stderr
+    # Not a terminal: one plain line per file, no bar, no carriage return (what scripts read).
+    assert sorted(r.stderr.splitlines()) == [f"ready {a}", f"ready {b}"], r.stderr
     assert {s["path"]: s["state"] for s in d.status()["segments"]} == {str(a): "ready", str(b): "ready"}
     # relative paths are the caller's
     r = subprocess.run([PY, "-m", "comfyui_hearth.cli", "preload", "a.safetensors"], cwd=d.models, env=d.env,
@@ -111,6 +116,7 @@ def test_preload_shows_progress_on_a_terminal(daemon):
     d = daemon
     big = make_sparse_model(d.models / "big.safetensors", 768 * MB)
     master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a terminal's size: 100 columns
     proc = subprocess.Popen([PY, "-m", "comfyui_hearth.cli", "preload", str(big)], env=d.env,
                             stdout=subprocess.PIPE, stderr=slave, text=True)
     os.close(slave)
@@ -130,9 +136,11 @@ def test_preload_shows_progress_on_a_terminal(daemon):
     os.close(master)
     text = out.decode(errors="replace")
     assert proc.returncode == 0, text
-    # a bar for the file while it fills (how far it got when polled depends on the machine's speed)
-    assert "% big.safetensors" in text and "\r[" in text, text
-    assert f"ready {big}" in text
+    # tqdm's bar, named after the file, while it fills (how far it got when polled depends on the machine's
+    # speed), redrawn in place; then the same ready line as without a terminal, on a line of its own.
+    assert "\rbig.safetensors:" in text and "B/s" in text, text
+    assert re.search(r"\rbig\.safetensors: +\d+%\|[^|\r]*\| *[\d.]+\w?/7\d\dM \[", text), text  # name, %, bar, bytes
+    assert f"\rready {big}\r\n" in text, text  # the bar cleared first, not left in front of the line
 
 
 def test_evict(daemon):
@@ -204,7 +212,8 @@ def test_config(daemon):
     lines = {line.split(" = ")[0]: line for line in d.cli("config").stdout.splitlines()}
     assert lines["max_fills"] == "max_fills = 3  (config.json)"
     assert lines["prefetch"].endswith("(default)")
-    assert f"{d.models} (HEARTH_MODEL_DIRS, config.json)" in lines["model_dirs"] and f"{extra} (config.json)" in lines["model_dirs"]
+    assert f"{d.models} (HEARTH_MODEL_DIRS, config.json)" in lines["model_dirs"]
+    assert f"{extra} (config.json)" in lines["model_dirs"]
     assert "1.0 GiB in effect" in lines["budget"]
 
 

@@ -10,10 +10,18 @@ import os
 
 import pytest
 
-from comfyui_hearth.core.errors import BadHeader, HearthError
-from comfyui_hearth.planner import (FAMILIES, Family, Hardware, ModelSpec, PlanImpossible, Work,
-                                    model_spec_from_file, plan)
 from comfyui_hearth.cli import plan as cli
+from comfyui_hearth.core.errors import BadHeader, HearthError
+from comfyui_hearth.planner import (
+    FAMILIES,
+    Family,
+    Hardware,
+    ModelSpec,
+    PlanImpossible,
+    Work,
+    model_spec_from_file,
+    plan,
+)
 
 GiB = 2**30
 GB = 10**9
@@ -459,13 +467,145 @@ def test_cli_plan_options(capsys):
     assert rc == 0 and json.loads(out)["plan"]["vram_bytes"] <= 8 * GiB
 
 
-def test_cli_plan_refused(capsys):
-    # 8 GiB with 16 GiB RAM cannot run FLUX fp16 at all (see the table).
-    rc, out, err = _run(capsys, "plan", "23.8", "--vram", "8", "--ram", "16")
-    assert rc == 1 and out == ""
-    assert err.count("\n") == 1 and "plan_impossible" in err and "would fit" in err
-    rc, out, err = _run(capsys, "plan", "23.8", "--vram", "8", "--ram", "16", "--json")
-    assert rc == 1 and json.loads(out)["error"]["code"] == "plan_impossible"
+# A refused plan, worked out by hand: 23.8 GiB of fp16 weights (W = 23.8; the CLI's sizes are GiB) on an
+# 8 GiB card of unknown compute capability with 16 GiB of RAM. V = 7, A = S = 1.28, 2L = 0.04 W = 0.952.
+#   full_gpu    W + A = 25.08 > 7                      fp8    compute capability unknown
+#   partial     R = 7 - 1.28 - 0.952 = 4.768; streams 19.03 > 16     sequential  W = 23.8 > 16 of RAM
+#   cpu         2 W + A = 48.88 > 16
+# What would fit, at the printed precision (sizes rounded down, needs up):
+#   largest here  full_gpu W + 1.28 <= 7: 5.72 -> 5.7;  partial W - (5.72 - 0.04 W) <= 16: W <= 20.88 -> 20.8;
+#                 sequential W <= 16 -> 16.0;  cpu 2 W + 1.28 <= 16: 7.36 -> 7.3
+#   RAM needed    partial streams 19.03 -> 19.1      VRAM needed  V >= 7.8 + 0.952 + 1.28 = 10.03: 11.03 -> 11.1 free
+REFUSED_ARGS = ("plan", "23.8", "--vram", "8", "--ram", "16")
+
+
+def test_cli_plan_refused_lays_out_why_and_what_would_fit(capsys):
+    rc, out, err = _run(capsys, *REFUSED_ARGS)
+    assert rc == 1
+    assert err == "hearth plan: plan_impossible: nothing fits 23.8 GiB of fp16 weights here\n"  # one short line
+    lines = out.splitlines()
+    assert max(map(len, lines)) <= 100, out  # readable: wrapped, not one 600-character line
+    assert lines[0] == "Model     23.8 GiB of fp16 weights (2 bytes per weight)"
+    assert "RAM 16.0 GiB available" in lines[1]
+    assert "VRAM      7.0 GiB usable = 8.0 GiB free - 1.0 GiB reserve" in lines
+    row = {line.split()[0]: line for line in lines if line.startswith("  ")}
+    assert "needs 25.1 GiB of VRAM" in row["full_gpu"]
+    assert "compute capability" in row["fp8"]
+    assert "streams 19.0 GiB of weights from RAM, only 16.0 GiB available" in row["partial"]
+    assert "needs all 23.8 GiB of weights in RAM" in row["sequential"]
+    assert "needs 48.9 GiB of RAM" in row["cpu"] and "fp32" in row["cpu"]
+    assert lines.index("Would fit") > lines.index("Plan      none: no strategy fits")
+    text = " ".join(out.split())  # the wrapped lines joined
+    assert ("here models up to 20.8 GiB of fp16 weights, as partial (the largest per strategy: full_gpu 5.7 GiB, "
+            "sequential 16.0 GiB, cpu 7.3 GiB)") in text
+    assert "more RAM this model on this GPU with 19.1 GiB of RAM available, as partial" in text
+    assert "more VRAM this model with this RAM on a GPU with 11.1 GiB of VRAM free, as partial" in text
+
+
+def test_cli_plan_what_would_fit_does_fit(capsys):
+    """Each figure of the refusal, handed back to the planner, plans; a tenth of a GiB less (or more) does not."""
+    assert _run(capsys, "plan", "20.8", "--vram", "8", "--ram", "16", "--json")[0] == 0
+    assert _run(capsys, "plan", "20.9", "--vram", "8", "--ram", "16")[0] == 1
+    rc, out, _ = _run(capsys, "plan", "23.8", "--vram", "8", "--ram", "19.1", "--json")
+    assert rc == 0 and json.loads(out)["plan"]["strategy"] == "partial"
+    assert _run(capsys, "plan", "23.8", "--vram", "8", "--ram", "19.0")[0] == 1
+    rc, out, _ = _run(capsys, "plan", "23.8", "--vram", "11.1", "--ram", "16", "--json")
+    assert rc == 0 and json.loads(out)["plan"]["strategy"] == "partial"
+    assert _run(capsys, "plan", "23.8", "--vram", "11.0", "--ram", "16")[0] == 1
+
+
+def test_cli_plan_refused_json_keeps_the_code_and_gives_the_figures(capsys):
+    rc, out, err = _run(capsys, *REFUSED_ARGS, "--json")
+    assert rc == 1 and err.count("\n") == 1 and "plan_impossible" in err
+    error = json.loads(out)["error"]
+    assert error["code"] == "plan_impossible" and "Nothing fits" in error["message"]
+    details = error["details"]
+    assert [o["strategy"] for o in details["options"]] == ["full_gpu", "fp8", "partial", "sequential", "cpu"]
+    assert all(o["problem"] for o in details["options"]) and details["asked"] == "auto"
+    fits = details["would_fit"]
+    assert fits["best"]["strategy"] == "partial" and fits["best"]["bytes"] / GiB == pytest.approx(20.8)
+    assert fits["ram"]["bytes"] / GiB == pytest.approx(19.1) and fits["vram"]["bytes"] / GiB == pytest.approx(11.1)
+    assert "fp8" not in fits["largest"]  # no FP8 on a GPU of unknown compute capability, at any size
+
+
+def test_cli_plan_refused_by_the_budget(capsys):
+    # 24 GiB cc 8.9, 16 GiB RAM, a 2 GiB budget: V = 2. sequential needs 0.952 + 1.28 = 2.23 > 2, partial
+    # 0.1 W + 2L + A = 4.61 > 2, cpu 48.88 > 16. Without the budget (V = 23) fp8 fits: 11.9 + 1.28 = 13.18.
+    # A budget that fits, with this RAM: partial's V >= 10.03 -> 10.1 (11.1 GiB free with the 1 GiB reserve).
+    # Largest here: sequential W <= 16 (0.04 W + 1.28 <= 2 up to W = 18) -> 16.0; full_gpu W <= 0.72 GiB
+    # = 737.28 MiB -> 737.2 MiB; fp8 W / 2 + 1.28 <= 2 -> 1.4; partial 0.14 W + 1.28 <= 2 -> 5.1.
+    # RAM: nothing on this budget streams, so only the CPU: 48.9.
+    rc, out, _ = _run(capsys, "plan", "23.8", "--vram", "24", "--ram", "16", "--cc", "8.9", "--budget", "2")
+    assert rc == 1
+    text = " ".join(out.split())
+    assert "capped by the 2.0 GiB budget" in text
+    assert ("models up to 16.0 GiB of fp16 weights, as sequential (the largest per strategy: full_gpu 737.2 MiB, "
+            "fp8 1.4 GiB, partial 5.1 GiB, cpu 7.3 GiB)") in text
+    assert "more RAM this model on the CPU with 48.9 GiB of RAM available, as cpu" in text
+    assert "a VRAM budget of at least 10.1 GiB (a GPU with 11.1 GiB of VRAM free), as partial" in text
+    assert "no budget without the VRAM budget this model runs here as fp8" in text
+
+
+def test_cli_plan_forced_strategy_refused(capsys):
+    # 2 GiB fp16 on 8 GiB cc 8.6: fp8 needs 8.9; the others fit: full_gpu 2 + 1.28 = 3.28, partial keeps all
+    # 2 resident (2 + 0.08 + 1.28 = 3.36), sequential 0.08 + 1.28 = 1.36 and 2 GiB of RAM, cpu 4 + 1.28 = 5.28.
+    rc, out, err = _run(capsys, "plan", "2", "--vram", "8", "--ram", "16", "--cc", "8.6", "--strategy", "fp8")
+    assert rc == 1
+    assert err == ("hearth plan: plan_impossible: fp8 cannot run 2.0 GiB of fp16 weights here: FP8 needs compute "
+                   "capability 8.9+, this GPU has 8.6\n")
+    row = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
+    assert "fp8 was asked for and cannot run" in out
+    assert row["full_gpu"].endswith("fits (VRAM 3.3 GiB, RAM 0 B)")
+    assert row["partial"].endswith("fits (VRAM 3.4 GiB, RAM 0 B)")
+    assert row["sequential"].endswith("fits (VRAM 1.4 GiB, RAM 2.0 GiB)")
+    assert row["cpu"].endswith("fits (VRAM 0 B, RAM 5.3 GiB)")
+    assert "this GPU has 8.6" in row["fp8"]
+    assert "no model of fp16 weights with fp8" in row["here"]  # no size makes FP8 run on 8.6
+    assert row["instead"].endswith("full_gpu, partial, sequential, cpu (without --strategy: full_gpu)")
+    # A forced strategy that RAM holds back: sequential needs all 23.8 GiB in RAM; no VRAM changes that.
+    rc, out, _ = _run(capsys, *REFUSED_ARGS, "--strategy", "sequential")
+    text = " ".join(out.split())
+    assert rc == 1 and "models up to 16.0 GiB of fp16 weights, as sequential" in text
+    assert "with 23.8 GiB of RAM available, as sequential" in text and "more VRAM" not in text
+
+
+def test_cli_plan_refused_without_a_gpu(capsys):
+    # No GPU, 16 GiB: only the CPU, 2 W + 1.28 <= 16 -> 7.3; a CUDA GPU would take it with this RAM at 11.1 free.
+    rc, out, _ = _run(capsys, "plan", "23.8", "--vram", "0", "--ram", "16")
+    text = " ".join(out.split())
+    assert rc == 1 and "VRAM " not in out.splitlines()[2]  # no usable-VRAM line without a GPU
+    assert "here models up to 7.3 GiB of fp16 weights, as cpu" in text and "largest per strategy" not in text
+    assert "more RAM this model on the CPU with 48.9 GiB of RAM available, as cpu" in text
+    assert "more VRAM this model with this RAM on a CUDA GPU with 11.1 GiB of VRAM free, as partial" in text
+
+
+def test_cli_plan_words_the_weights_as_stored_and_as_computed(tmp_path, capsys):
+    """The file's type and width on the Model line; a line of its own where a plan computes at another width."""
+    # 3,000,000 fp16 weights: 6,000,000 bytes = 5.7 MiB; upcast to fp32 on the CPU: 11.4 MiB.
+    path = _write(tmp_path / "small.safetensors",
+                  {"w": {"dtype": "F16", "shape": [3 * 10**6], "data_offsets": [0, 6 * 10**6]}}, 6 * 10**6)
+    rc, out, _ = _run(capsys, "plan", path, "--vram", "0", "--ram", "16")
+    assert rc == 0 and "0.0 GiB" not in out and "32-bit" not in out and "bit weights" not in out
+    lines = out.splitlines()
+    assert lines[0] == "Model     small.safetensors, 5.7 MiB of fp16 weights (2 bytes per weight)"
+    assert lines[2] == "Plan      cpu"
+    weights = " ".join(" ".join(lines[3:5]).split())
+    assert weights.startswith("Weights computed in fp32 on the CPU: ComfyUI upcasts a diffusion model's fp16 "
+                              "weights to fp32 there, so they take 11.4 MiB of RAM")
+    assert "the model runs on the CPU with its weights in fp32, 11.4 MiB in RAM" in " ".join(out.split())
+    # On a GPU the fp16 file stays fp16: nothing to explain.
+    rc, out, _ = _run(capsys, "plan", path, "--vram", "8", "--ram", "16")
+    assert rc == 0 and "Plan      full_gpu" in out and "Weights" not in out
+    # bf16 by name; a text encoder stays 16-bit on the CPU.
+    path = _write(tmp_path / "bf.safetensors",
+                  {"w": {"dtype": "BF16", "shape": [512], "data_offsets": [0, 1024]}}, 1024)
+    assert "bf.safetensors, 1.0 KiB of bf16 weights (2 bytes per weight)" in _run(capsys, "plan", path)[1]
+    rc, out, _ = _run(capsys, "plan", "1", "--kind", "text_encoder", "--vram", "0", "--ram", "16")
+    assert rc == 0 and "Plan      cpu" in out and "Weights" not in out
+    # An fp32 file on a GPU: cast to 16 bits, half the bytes (0.5 GiB of fp32 -> 256 MiB).
+    rc, out, _ = _run(capsys, "plan", "0.5", "--dtype", "fp32", "--vram", "8", "--ram", "16")
+    assert rc == 0 and out.splitlines()[0] == "Model     512.0 MiB of fp32 weights (4 bytes per weight)"
+    assert "Weights   cast from fp32 to 16 bits (fp16 or bf16) on the GPU, as ComfyUI does: 256.0 MiB" in out
 
 
 def test_cli_plan_file(tmp_path, capsys):

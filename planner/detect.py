@@ -9,6 +9,7 @@ import dataclasses
 import logging
 import os
 from dataclasses import dataclass
+from types import ModuleType
 
 import psutil
 
@@ -78,7 +79,7 @@ def detect() -> Hardware:
                     os.cpu_count() or 1, tuple(notes))
 
 
-def _import_torch(notes: list[str]):
+def _import_torch(notes: list[str]) -> ModuleType | None:
     try:
         import torch
     except Exception as exc:  # noqa: BLE001 - not only ImportError: a broken install can raise anything at import
@@ -87,7 +88,7 @@ def _import_torch(notes: list[str]):
     return torch
 
 
-def _cuda(torch, notes: list[str]) -> list[Accelerator]:
+def _cuda(torch: ModuleType, notes: list[str]) -> list[Accelerator]:
     found = []
     try:
         if not torch.cuda.is_available():
@@ -112,7 +113,7 @@ def _cuda(torch, notes: list[str]) -> list[Accelerator]:
     return found
 
 
-def _mps(torch, notes: list[str]) -> list[Accelerator]:
+def _mps(torch: ModuleType, notes: list[str]) -> list[Accelerator]:
     try:
         if not torch.backends.mps.is_available():
             return []

@@ -89,7 +89,7 @@ class ModelSpec:
     largest_bytes: int | None = None
     dtype: str | None = None
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.weights_bytes <= 0 or self.dtype_bytes not in (1, 2, 4, 8):
             raise ValueError(f"bad model spec: {self.weights_bytes} bytes, {self.dtype_bytes} bytes/weight")
         if self.largest_bytes is not None and not 0 < self.largest_bytes <= self.weights_bytes:

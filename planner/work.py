@@ -37,7 +37,7 @@ class Work:
     batch: int = 1
     frames: int = 1
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if min(self.width, self.height, self.batch, self.frames) < 1:
             raise ValueError(f"bad work: {self.width}x{self.height}, batch {self.batch}, {self.frames} frames")
 

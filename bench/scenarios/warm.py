@@ -238,7 +238,7 @@ def rows(s: dict) -> list:
     out = []
     if "11" in s:
         r = s["11"]
-        t = {k: [x["prompt_s"] for x in r[k]] for k in r}
+        t = {k: [x["prompt_s"] for x in r[k]] for k in r if k != "during"}  # "during" has its own fields
         refilled = Row("11", "reboot -> first prompt: warm set refilled", "s", t["stock"], t["refilled"],
                        chart="time")
         kept = _median(t["kept"])

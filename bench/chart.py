@@ -68,9 +68,11 @@ def _panel(d: ImageDraw.ImageDraw, y: int, title: str, rs: list[Row], log: bool)
     for i, r in enumerate(rs):
         ry = top + i * ROW_H
         label = f"{r.scenario}. {r.label.strip()}"  # ASCII only: the bundled font has no arrows
-        d.text((20, ry + 6), label, font=_font(14), fill=INK)
-        if r.stock_is:
-            d.text((34, ry + 24), f"grey bar: {r.stock_is}", font=_font(12), fill=MUTED)
+        first, rest = _fit(d, label, _font(14), LEFT - 30)
+        d.text((20, ry + 6), first, font=_font(14), fill=INK)
+        second = f"grey bar: {r.stock_is}" if r.stock_is else rest
+        if second:  # a label too long for one line goes on, under it, unless the grey bar is explained there
+            d.text((34, ry + 24), _fit(d, second, _font(12), LEFT - 44)[0], font=_font(12), fill=MUTED)
         for j, (values, color) in enumerate(((r.stock, STOCK), (r.hearth, HEARTH))):
             by = ry + 4 + j * (BAR_H + 2)
             if not values:
@@ -124,3 +126,15 @@ class _LinearScale:
 
 if __name__ == "__main__":
     draw(json.loads(Path(sys.argv[1]).read_text()), Path(sys.argv[2]))
+
+
+def _fit(d: ImageDraw.ImageDraw, text: str, font, width: int) -> tuple[str, str]:
+    """The words of `text` that fit in `width` pixels, and the rest ('...' ends a line cut in a word)."""
+    words = text.split(" ")
+    for n in range(len(words), 0, -1):
+        line = " ".join(words[:n])
+        if d.textlength(line, font=font) <= width:
+            return line, " ".join(words[n:])
+    while text and d.textlength(text + "...", font=font) > width:
+        text = text[:-1]
+    return text + "...", ""

@@ -145,8 +145,9 @@ def readme_text(doc: dict, table: str, said: list[str]) -> str:
         "![stock vs Hearth per scenario](bench/results/scenarios.png)", "",
         header(doc), "", table, "",
         *[f"- {n}" for n in said], "", *caveat, *([""] if caveat else []),
-        "Reproduce with `pip install .[bench]` and `python -m bench.scenarios` (a ComfyUI checkout at "
-        "`$HEARTH_COMFYUI` or `~/comfy/ComfyUI`), which rewrites this table, the chart and their JSON in "
+        "Reproduce with `python -m bench.scenarios` in this folder, run by the Python of a ComfyUI "
+        "checkout's environment (the checkout at `$HEARTH_COMFYUI` or `~/comfy/ComfyUI`; the pack is imported "
+        "from this folder, nothing is installed), which rewrites this table, the chart and their JSON in "
         "`bench/results/`; every run's figures and what they taught are in "
         "[bench/RESULTS.md](bench/RESULTS.md).", ""])
 

@@ -169,7 +169,7 @@ def _stock_loader_rows(r: dict, n: str, what: str) -> list[Row]:
     rows = []
     for page_cache, bound in (("warm", 0.2), ("cold", 0.1)):
         t = _series(r[page_cache], lambda x: x["server_s"])
-        label = f"{what} ({size:.1f} GB), restart, page cache {'warm' if page_cache == 'warm' else 'dropped'}"
+        label = f"page cache {'warm' if page_cache == 'warm' else 'dropped'}, restart: {what} ({size:.1f} GB)"
         rows.append(_ratio_target(Row(n, label, "s", t["stock"], t["hearth"], chart="time"), bound,
                                   "ComfyUI's module construction (the same Python for both) is most of Hearth's "
                                   "time at this size"))

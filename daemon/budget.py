@@ -4,7 +4,8 @@ Eviction takes the least recently used segments that are ready, unpinned and unh
 further (fills.py: what a queued prompt names goes last for a load, never for a background fill). Loop
 thread only: a fill makes its room and registers its entry in one step on the loop (no await between), so
 two fills can never both count on the same free bytes. (room.py then keeps the tmpfs's pages promised to
-each fill.)
+each fill.) Used drops the moment a segment is evicted; the tmpfs gets its pages back when the reaper has
+freed them, off the loop (reaper.py), and wait_for_frees keeps a fill from reading the tmpfs before that.
 """
 
 from __future__ import annotations
@@ -65,11 +66,23 @@ def choose_victims(entries: Iterable[Entry], used: int, need: int, budget: int,
     return None
 
 
+async def wait_for_frees(entries: Entries, need: int) -> None:
+    """Before the tmpfs's free space is read or taken for `need` bytes: while it shows less and evicted
+    segments' pages are still being freed (the tmpfs counts them until they are), wait for those frees.
+
+    A fill calls it before make_room, whose figures then hold, and again before it allocates the room
+    make_room found, part of which may be its victims' pages on their way back (reaper.py).
+    """
+    while entries.reaper.freeing() and shm_free() < need:
+        await entries.reaper.freed()
+
+
 def make_room(entries: Entries, source: SourceId, budget: int, stats: dict[str, int],
               rank: Rank | None = None) -> None:
     """Evict what `source` needs, within the budget and in the tmpfs; OverBudget or ShmFull if it cannot.
 
-    Counts the evictions in `stats` (also those done before a ShmFull: they happened).
+    Call it right after wait_for_frees (no await between). Counts the evictions in `stats` (also those done
+    before a ShmFull: they happened).
     """
     need = source.size
     if need > budget:
@@ -82,18 +95,21 @@ def make_room(entries: Entries, source: SourceId, budget: int, stats: dict[str, 
                          f"{format_size(budget)} budget is held or pinned")
     # The tmpfs is shared with the rest of the machine (and a budget may exceed it): when its free space
     # is short, unheld segments make room there too, least recently used first, before refusing.
-    room = used + shm_free()
+    free = shm_free()
+    room = used + free
     if room < budget:
         victims = choose_victims(entries.values(), used, need, room, rank)
         if victims is None:
-            raise ShmFull(f"{shm_dir()} has {format_size(shm_free())} free, {source.path} needs "
+            raise ShmFull(f"{shm_dir()} has {format_size(free)} free, {source.path} needs "
                           f"{format_size(need)}, and the cached models there are held or pinned; "
                           f"enlarge it (Docker: --shm-size) or lower the budget")
     for v in victims:
         entries.drop(v, "evicted (LRU)")
         stats["evictions"] += 1
-    if shm_free() < need:
-        raise ShmFull(f"{shm_dir()} has {format_size(shm_free())} free, {source.path} needs "
+        if v.state != "stale":  # (not taken by a client since it was chosen) its pages are on their way back
+            free += v.size
+    if free < need:
+        raise ShmFull(f"{shm_dir()} has {format_size(free)} free, {source.path} needs "
                       f"{format_size(need)}; enlarge it (Docker: --shm-size) or lower the budget")
 
 

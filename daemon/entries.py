@@ -6,7 +6,8 @@ refill of the same file takes the same key meanwhile.
 
 Loop thread only: fills change their entry on the loop (progress from fill threads arrives through
 `call_soon_threadsafe`), and the sweep runs on the loop too. The sweep also asks residency.py to lock each
-ready segment in memory (in a worker thread, once per entry); closing an entry lets go of its lock.
+ready segment in memory (in a worker thread, once per entry). A segment that leaves for good (its name gone,
+nobody holding it) is freed by the reaper (reaper.py), off the loop: its lock and its fd go there.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import psutil
 
 from . import residency, segments
 from .events import Events
+from .reaper import Reaper
 from .segments import SourceId
 
 log = logging.getLogger("hearth.entries")
@@ -70,14 +72,6 @@ class Entry:
         """For status: whether the daemon holds the segment in RAM against swap, and why not."""
         return self.memory_lock.to_dict() if self.memory_lock else None
 
-    def close(self) -> None:
-        """Let go of a segment that is out of the table (its name is gone; its memory goes with this fd)."""
-        if self.memory_lock:
-            self.memory_lock.release()
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
 
 def _pid_alive(pid: int) -> bool:
     try:
@@ -93,6 +87,7 @@ class Entries(dict[str, Entry]):
         super().__init__()
         self.stale: list[Entry] = []
         self._events = events
+        self.reaper = Reaper()
 
     def all(self) -> list[Entry]:
         return [*self.values(), *self.stale]
@@ -101,7 +96,8 @@ class Entries(dict[str, Entry]):
         return sum(e.size for e in self.all())
 
     def drop(self, entry: Entry, why: str) -> None:
-        """Unlink a segment's name; its memory goes now, or when its last holder lets go."""
+        """Unlink a segment's name (at once: a refill of the key can publish, nothing maps this one by name);
+        its memory goes now (the reaper frees it), or when its last holder lets go."""
         segments.unlink(entry.key)
         if entry.state == "filling":
             return
@@ -111,7 +107,7 @@ class Entries(dict[str, Entry]):
             entry.state = "stale"
             self.stale.append(entry)
         else:
-            entry.close()
+            self._free(entry)
         log.info("%s: %s", entry.source.path, why)
         self._events.emit("cache", action="evicted", key=entry.key, path=entry.source.path, reason=why,
                           pending=entry.state == "stale")
@@ -136,7 +132,7 @@ class Entries(dict[str, Entry]):
             if e.state == "stale":
                 if not e.held():
                     self.stale.remove(e)
-                    e.close()
+                    self._free(e)
                     changed = True
             elif e.state == "ready":
                 try:
@@ -151,22 +147,28 @@ class Entries(dict[str, Entry]):
                     _lock_in_memory(e)
         return changed
 
+    def _free(self, e: Entry) -> None:
+        """Hand a segment out of the table, its name gone and nobody holding it, to the reaper; used() stops
+        counting it at once, the tmpfs when the reaper is done."""
+        fd, e.fd = e.fd, -1  # the reaper's from here: never used on the loop again (nor its number, reused)
+        self.reaper.free(e.source.path, e.size, e.memory_lock, fd)
+
 
 def _lock_in_memory(e: Entry) -> None:
-    """Have residency.py lock a ready segment in a worker thread (on a dup of its fd); pending meanwhile."""
+    """Have residency.py lock a ready segment in a worker thread (on a dup of its fd); "being locked" meanwhile.
+
+    The entry keeps the lock being taken: if the segment goes before it is settled, the reaper's release
+    waits for it, so no mapping of a freed segment is ever left behind, nor let go on the loop.
+    """
     try:
         loop = asyncio.get_running_loop()
         fd = os.dup(e.fd)
     except (RuntimeError, OSError) as exc:  # not on the loop (a direct sweep): the loop's next one asks
         log.debug("memory lock of %s not asked now: %s", e.key, exc)
         return
-    e.memory_lock = residency.MemoryLock(False, "being locked")
-
-    def done(f: asyncio.Future) -> None:
-        got = f.result() if f.exception() is None else residency.MemoryLock(False, f"lock failed: {f.exception()}")
-        if e.fd < 0:  # closed while it was being locked
-            got.release()
-        else:
-            e.memory_lock = got
-
-    loop.run_in_executor(None, residency.lock, fd, e.size).add_done_callback(done)
+    e.memory_lock = residency.MemoryLock()
+    try:
+        loop.run_in_executor(None, residency.lock, fd, e.size, e.memory_lock)
+    except RuntimeError as exc:  # the loop's executor is shut down: the daemon is stopping
+        os.close(fd)
+        e.memory_lock.settle(False, f"not locked: {exc}")

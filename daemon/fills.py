@@ -13,10 +13,11 @@ WARM (the warm set's refill at start). Concurrency rules:
   per thread; the kernel's mq-deadline and BFQ schedulers serve idle-class reads only when no other reads
   wait, see bench/RESULTS.md for what it does here);
 - room is made (eviction) and the filling entry registered in one step on the loop, so two fills never
-  count on the same free bytes. What a queued prompt names (`protected`) is never evicted for a background
-  fill, and only after everything else for an urgent one; a refill never evicts a model used after the
-  one it brings back. An urgent fill that still does not fit aborts running background fills, lowest
-  priority first, before it gives up;
+  count on the same free bytes; the victims' pages are freed off the loop (reaper.py), and a fill whose
+  tmpfs room is partly theirs waits for them before its copy threads allocate it. What a queued prompt
+  names (`protected`) is never evicted for a background fill, and only after everything else for an
+  urgent one; a refill never evicts a model used after the one it brings back. An urgent fill that
+  still does not fit aborts running background fills, lowest priority first, before it gives up;
 - only `segments.fill` runs off the loop, in a worker thread with its own copy threads; its progress comes
   back through `call_soon_threadsafe`, the copy threads read the state they wait on under `_cv`, and
   everything else here runs on the loop.
@@ -33,7 +34,7 @@ from collections.abc import Callable
 from ..core.errors import HearthError, OverBudget, ShmFull
 from ..core.sizes import format_size
 from . import segments
-from .budget import choose_victims, make_room
+from .budget import choose_victims, make_room, wait_for_frees
 from .entries import Entries, Entry
 from .events import Events
 from .index import Index
@@ -226,6 +227,7 @@ class Fills:
 
     async def _make_room(self, f: Fill) -> None:
         while True:
+            await wait_for_frees(self._entries, f.source.size)
             try:
                 make_room(self._entries, f.source, self._budget(), self._stats,
                           self._rank(f.priority, f.last_use))
@@ -265,6 +267,7 @@ class Fills:
 
         t0 = time.perf_counter()
         try:
+            await wait_for_frees(self._entries, source.size)  # the victims' pages, if the room is theirs
             filled = await asyncio.to_thread(segments.fill, source, progress, self._turn(f))
         except BaseException as e:
             self._entries.pop(source.key, None)

@@ -9,8 +9,8 @@ already, what the segment needs). The install's login unit raises the limit (Lim
 without swap a lock changes nothing but the page tables.
 
 `lock` runs in a worker thread (mlock walks every page: seconds for a 23 GB segment) on a dup of the
-segment's fd, so the entry's own fd may close meanwhile; entries.py asks for it from its sweep and lets go
-of it when the entry closes.
+segment's fd, so the entry's own fd may close meanwhile; entries.py asks for it from its sweep, and the
+reaper (reaper.py) lets go of it, off the event loop, with the segment's fd when the segment goes.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import mmap
 import os
 import resource
 import threading
-from dataclasses import dataclass
 
 from ..core.sizes import format_size
 
@@ -39,26 +38,48 @@ _lock = threading.Lock()
 _locked_bytes = 0
 
 
-@dataclass
 class MemoryLock:
-    """A segment's lock, or why there is none."""
+    """A segment's lock: being taken (in a worker thread), taken, or refused with why; then let go.
 
-    locked: bool
-    reason: str | None = None
-    _addr: int | None = None
-    _size: int = 0
+    Thread-safe: `lock` settles it in a worker thread, and `release` may run in the reaper's thread
+    (reaper.py) even while the lock is still being taken; it then waits for the taker, so that once it
+    returns the daemon maps none of the segment.
+    """
+
+    def __init__(self) -> None:
+        self._outcome: tuple[bool, str | None] = (False, "being locked")  # one tuple: never read half settled
+        self._addr: int | None = None
+        self._size = 0
+        self._settled = threading.Event()
+
+    @property
+    def locked(self) -> bool:
+        return self._outcome[0]
+
+    @property
+    def reason(self) -> str | None:
+        return self._outcome[1]
+
+    def settle(self, locked: bool, reason: str | None, addr: int | None = None, size: int = 0) -> None:
+        """The taker's outcome (its mapping, if any, is this lock's from here)."""
+        self._addr, self._size = addr, size
+        self._outcome = (locked, reason)
+        self._settled.set()
 
     def release(self) -> None:
         """Unlock and unmap (munmap drops the lock); a segment whose name is gone can then be freed."""
         global _locked_bytes
+        self._settled.wait()
         if self._addr is not None:
             _libc.munmap(self._addr, self._size)
             with _lock:
                 _locked_bytes -= self._size
-            self._addr, self.locked = None, False
+            self._addr = None
+            self._outcome = (False, self.reason)
 
     def to_dict(self) -> dict:
-        return {"locked": self.locked, "reason": self.reason}
+        locked, reason = self._outcome
+        return {"locked": locked, "reason": reason}
 
 
 def memlock_limit() -> int | None:
@@ -67,34 +88,48 @@ def memlock_limit() -> int | None:
     return None if soft == resource.RLIM_INFINITY else soft
 
 
-def lock(fd: int, size: int) -> MemoryLock:
-    """Map `fd` (a dup of a ready segment's; closed here) shared and read-only, and mlock it within the limit."""
+def lock(fd: int, size: int, into: MemoryLock | None = None) -> MemoryLock:
+    """Map `fd` (a dup of a ready segment's; closed here) shared and read-only, and mlock it within the limit.
+
+    The outcome settles `into` (a lock being taken, which status shows meanwhile) or a new MemoryLock.
+    """
+    held = into or MemoryLock()
+    try:
+        held.settle(*_map_and_lock(fd, size))
+    except Exception as e:  # noqa: BLE001 - whatever failed, the segment is served unlocked and status says why
+        held.settle(False, f"lock failed: {e}")
+    return held
+
+
+def _map_and_lock(fd: int, size: int) -> tuple[bool, str | None, int | None, int]:
     global _locked_bytes
     try:
         limit = memlock_limit()
         with _lock:
             if limit is not None and _locked_bytes + size > limit:
-                return MemoryLock(False, f"RLIMIT_MEMLOCK is {format_size(limit)}, {format_size(_locked_bytes)} "
-                                         f"locked already, this segment needs {format_size(size)}: it may be "
-                                         "swapped out (raise LimitMEMLOCK= in the login unit, or ulimit -l)")
+                return (False, f"RLIMIT_MEMLOCK is {format_size(limit)}, {format_size(_locked_bytes)} locked "
+                               f"already, this segment needs {format_size(size)}: it may be swapped out (raise "
+                               "LimitMEMLOCK= in the login unit, or ulimit -l)", None, 0)
             _locked_bytes += size  # promised now, so two threads cannot both take the last of the limit
         addr = _libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
-        if addr in (None, _MAP_FAILED):
-            return _refused(size, "mmap", ctypes.get_errno())
-        if _libc.mlock(addr, size) != 0:
-            err = ctypes.get_errno()
-            _libc.munmap(addr, size)
-            return _refused(size, "mlock", err)
-        return MemoryLock(True, None, addr, size)
     finally:
+        # Closed before the outcome settles: from then on only the mapping refers to the segment, and a
+        # release that waited for the outcome leaves the daemon nothing of it.
         os.close(fd)
+    if addr in (None, _MAP_FAILED):
+        return _refused(size, "mmap", ctypes.get_errno())
+    if _libc.mlock(addr, size) != 0:
+        err = ctypes.get_errno()
+        _libc.munmap(addr, size)
+        return _refused(size, "mlock", err)
+    return True, None, addr, size
 
 
-def _refused(size: int, call: str, err: int) -> MemoryLock:
+def _refused(size: int, call: str, err: int) -> tuple[bool, str, None, int]:
     global _locked_bytes
     with _lock:
         _locked_bytes -= size
     why = {errno.ENOMEM: "over RLIMIT_MEMLOCK or out of memory", errno.EPERM: "not permitted",
            errno.EAGAIN: "some pages could not be locked"}.get(err, os.strerror(err))
     log.info("segment not locked in memory: %s failed: %s", call, why)
-    return MemoryLock(False, f"{call} failed: {why}")
+    return False, f"{call} failed: {why}", None, 0

@@ -39,6 +39,8 @@ from .warmset import WarmSet
 log = logging.getLogger("hearth.service")
 
 SWEEP_S = 1.0
+# How long a stop waits for evicted segments' pages to be freed (reaper.py): ~4 s for a 23 GB segment here.
+STOP_FREES_S = 30.0
 PATH_SETTINGS = ("model_dirs", "pinned")
 
 
@@ -79,6 +81,11 @@ class Service:
         self.index.save(self.entries)
         self.index.flush()
         self.activity.save()
+        try:  # evicted segments' frees end before the stop does (past the bound, the interpreter's exit joins them)
+            await asyncio.wait_for(self.entries.reaper.freed(), STOP_FREES_S)
+        except asyncio.TimeoutError:
+            log.warning("stopping with %d bytes of evicted segments still being freed",
+                        self.entries.reaper.freeing())
 
     def shutdown(self, unless_busy: bool = False) -> dict:
         """Stop the daemon; its segments stay in the tmpfs and the next daemon re-adopts them.
@@ -379,7 +386,9 @@ class Service:
             "version": __version__, "protocol": PROTOCOL, "pid": os.getpid(), "started": self.started,
             "budget": self.budget(), "used": self.used(),
             "ram": {"total": vm.total, "available": vm.available},
-            "shm": {"dir": str(shm_dir()), "total": shm_total(), "free": shm_free()},
+            # (the tmpfs counts what is still being freed as used: `freeing` says how much of it goes)
+            "shm": {"dir": str(shm_dir()), "total": shm_total(), "free": shm_free(),
+                    "freeing": self.entries.reaper.freeing()},
             "stats": dict(self.stats), "totals": dict(self.activity.totals), "counted_since": self.activity.since,
             "strategy": self.strategy, "roots": self.roots(),
             "pending": self.fills.pending(),

@@ -111,11 +111,18 @@ def test_directory_swapped_for_a_symlink_never_serves_the_file_outside(make_daem
                 assert doc["error"]["code"] in ("not_allowed", "not_found", "source_changed"), doc
                 refused += 1
                 continue
-            seg = (d.shm / os.path.basename(doc["segment"])).read_bytes()
-            assert seg != outside_bytes, "the daemon served a file outside the allowed folders"
-            assert seg == want_inside
-            d.ok("POST", "/v1/release", {"key": doc["key"]})
-            served += 1
+            # The daemon's sweep may drop the segment meanwhile (its path resolves outside at that moment):
+            # then its name is gone and the release finds no entry. Neither is a wrong answer.
+            try:
+                seg = (d.shm / os.path.basename(doc["segment"])).read_bytes()
+            except FileNotFoundError:
+                seg = None
+            if seg is not None:
+                assert seg != outside_bytes, "the daemon served a file outside the allowed folders"
+                assert seg == want_inside
+                served += 1
+            status, doc = d.api("POST", "/v1/release", {"key": doc["key"]})
+            assert status == 200 or doc["error"]["code"] == "not_found", (status, doc)
     finally:
         stop.set()
         t.join()

@@ -26,6 +26,14 @@ def set_setting(server: ComfyServer, key: str, value) -> None:
     urllib.request.urlopen(req, timeout=10).read()
 
 
+def free_cache(server: ComfyServer) -> None:
+    """Have ComfyUI drop its cached node outputs before the next prompt: a graph another test ran already
+    would otherwise reuse its loader's output and load nothing."""
+    req = urllib.request.Request(f"{server.url}/free", data=json.dumps({"free_memory": True}).encode(),
+                                 method="POST", headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(req, timeout=10).read()
+
+
 def hearth_graph(loras: list[graphs.Lora] | None = None, seed: int = 42) -> dict:
     """The pack's txt2img graph (the LoRA stack one when `loras` is given) set up for the tiny model."""
     return graphs.txt2img(CKPT, loras, seed=seed)

@@ -15,7 +15,7 @@ import pytest
 from harness import graphs
 from harness.server import ComfyServer
 
-from .comfy_support import CKPT, LORA_A, LORA_B, hearth_graph
+from .comfy_support import CKPT, LORA_A, LORA_B, free_cache, hearth_graph
 
 SLOW_STEPS = 12  # the running prompt: long enough on a CPU for the queued one's fill (a LoRA) to finish first
 
@@ -56,6 +56,7 @@ def _wait(predicate, timeout: float, what: str):
 def test_a_queued_prompt_has_its_models_filled_and_held_while_it_waits(comfy, daemon, models):
     lora = models.lora(LORA_A)
     daemon.api("POST", "/v1/evict", {"all": True})
+    free_cache(comfy)  # so the next prompt's loader runs and fills the checkpoint again
     comfy.run(hearth_graph())  # the checkpoint warm, as in a session: only the LoRA is new to the cache
     assert _segment(daemon, lora) is None
     fills = daemon.status()["stats"]["fills"]

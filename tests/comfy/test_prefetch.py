@@ -118,7 +118,8 @@ def test_the_daemon_s_prefetch_setting_turns_it_off(comfy, daemon, models):
     try:
         if _segment(daemon, lora):
             daemon.api("POST", "/v1/evict", {"path": str(lora)})
-        slow = _queue(comfy, graphs.txt2img(CKPT, steps=SLOW_STEPS, seed=6))
+        # it must still run after the queue is seen and 2.5 s more, whatever the machine's speed
+        slow = _queue(comfy, graphs.txt2img(CKPT, steps=4 * SLOW_STEPS, seed=6))
         queued = _queue(comfy, hearth_graph([(LORA_B, 1.0, 1.0)], seed=7))
         _wait(lambda: queued in [i[1] for i in comfy.get("/queue")["queue_pending"]], 30, "the queue")
         time.sleep(2.5)

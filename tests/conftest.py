@@ -122,6 +122,17 @@ def u8(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous().reshape(-1).view(torch.uint8) if t.numel() else torch.empty(0, dtype=torch.uint8)
 
 
+def fd_targets(pid: int) -> list[str]:
+    """What a process's descriptors point at (files, "socket:[...]", "... (deleted)"), as /proc shows them."""
+    out = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            out.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:  # closed meanwhile
+            pass
+    return out
+
+
 def set_mtime_ns(path: Path, mtime_ns: int) -> None:
     st = os.stat(path)
     os.utime(path, ns=(st.st_atime_ns, mtime_ns))

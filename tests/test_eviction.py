@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import make_model
+from conftest import fd_targets, make_model
 
 MiB = 1 << 20
 
@@ -61,15 +61,7 @@ def used(mnt: Path) -> int:
 
 def freed_segments_in_fds(d, mnt: Path) -> list[str]:
     """The daemon's fds still open on a file of the tmpfs whose name is gone."""
-    out = []
-    for fd in os.listdir(f"/proc/{d.proc.pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{d.proc.pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith(str(mnt)) and target.endswith("(deleted)"):
-            out.append(target)
-    return out
+    return [t for t in fd_targets(d.proc.pid) if t.startswith(str(mnt)) and t.endswith("(deleted)")]
 
 
 def test_the_daemon_answers_while_an_evicted_segment_is_freed(make_daemon, tmpfs):

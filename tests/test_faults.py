@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Client, assert_same_tensors, make_model, make_sparse_model, reference
+from conftest import Client, assert_same_tensors, fd_targets, make_model, make_sparse_model, reference
 
 MB = 1 << 20
 BIG = 256 * MB
@@ -85,15 +85,7 @@ def _stock_outcome(path: Path) -> dict:
 
 def _daemon_files(d) -> list[str]:
     """What the daemon holds open in its tmpfs folder and its models folder (sockets and pipes aside)."""
-    out = []
-    for fd in os.listdir(f"/proc/{d.proc.pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{d.proc.pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith((str(d.shm), str(d.models))):
-            out.append(target)
-    return sorted(out)
+    return sorted(t for t in fd_targets(d.proc.pid) if t.startswith((str(d.shm), str(d.models))))
 
 
 def _assert_nothing_left(d) -> None:

@@ -13,7 +13,7 @@ import pytest
 import safetensors.torch
 from safetensors import safe_open
 
-from conftest import UID, assert_same_tensors, make_model, make_sparse_model, reference, set_mtime_ns
+from conftest import UID, assert_same_tensors, fd_targets, make_model, make_sparse_model, reference, set_mtime_ns
 
 MB = 1 << 20
 
@@ -33,16 +33,6 @@ def hold_code(path: Path) -> str:
     sys.stdin.readline()
     say(same=same(r.tensors, ref))
     """
-
-
-def _fd_targets(pid: int) -> list[str]:
-    out = []
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            out.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
-        except OSError:
-            pass
-    return out
 
 
 # ---- fill and hit ---------------------------------------------------------------------------------
@@ -411,7 +401,7 @@ def test_explicit_evict_of_held_segment(daemon):
     assert rc == 0 and out[-1] == {"same": True}, err  # the holder read correct tensors after the evict
     d.wait_for(lambda: d.status()["used"] == used, timeout=5, what="the stale copy to be freed")
     # the memory is really freed: the daemon keeps no descriptor of the unlinked copy
-    assert not [t for t in _fd_targets(d.proc.pid) if name in t and "deleted" in t]
+    assert not [t for t in fd_targets(d.proc.pid) if name in t and "deleted" in t]
     assert [s["state"] for s in d.status()["segments"]] == ["ready"]
 
 

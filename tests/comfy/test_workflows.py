@@ -168,8 +168,8 @@ def test_the_frontend_offers_to_download_each_model_an_example_names(comfy, tmp_
             page.send("Network.setBlockedURLs", urls=["*://huggingface.co/*", "*://civitai.com/*",
                                                       "*://*.huggingface.co/*", "*://*.civitai.com/*"])
             page.goto(comfy.url)
-            page.wait("!!window.LiteGraph?.registered_node_types?.HearthCheckpointLoader", timeout=120,
-                      what="ComfyUI's frontend with the pack's nodes")
+            page.wait("!!(window.app?.graph && window.LiteGraph?.registered_node_types?.HearthCheckpointLoader)",
+                      timeout=120, what="ComfyUI's frontend with the pack's nodes")
             page.eval(f"app.loadGraphData({json.dumps(example(name))})")
             wanted = [m["name"] for m in example(name)["models"]]
             shown = f"""(() => {{

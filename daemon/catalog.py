@@ -13,7 +13,7 @@ import os
 import stat
 from typing import Any
 
-from ..core.model_files import is_cached_kind
+from ..core.model_files import is_cached_kind, walk_once
 
 MAX_FILES = 5000  # a folder tree larger than this is cut, and the answer says so
 
@@ -35,12 +35,7 @@ def list_models(roots: list[str], limit: int = MAX_FILES) -> dict:
     count, truncated = 0, False
     for root in roots:
         files: list[dict[str, Any]] = []
-        for folder, dirs, names in os.walk(root, followlinks=True):
-            real_folder = os.path.realpath(folder)
-            if real_folder in seen_dirs:
-                dirs[:] = []
-                continue
-            seen_dirs.add(real_folder)
+        for folder, dirs, names in walk_once(root, seen_dirs):
             # real folders before links to folders, so a folder is named by its own name where it has one
             dirs[:] = sorted((d for d in dirs if not d.startswith(".")),
                              key=lambda d: (os.path.islink(os.path.join(folder, d)), d))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core.errors import HearthError
-from ..core.model_files import is_cached_kind
+from ..core.model_files import is_cached_kind, walk_once
 from ..core.sizes import format_size
 from .service import Service
 
@@ -54,12 +54,7 @@ def recent_models(roots: list[str], exclude: set[str], limit: int = RECENT) -> l
     seen_dirs: set[str] = set()
     scanned = 0
     for root in roots:
-        for dirpath, dirs, files in os.walk(root, followlinks=True):
-            real_dir = os.path.realpath(dirpath)
-            if real_dir in seen_dirs:
-                dirs[:] = []
-                continue
-            seen_dirs.add(real_dir)
+        for dirpath, _dirs, files in walk_once(root, seen_dirs):
             for name in files:
                 scanned += 1
                 if not is_cached_kind(name):

@@ -15,15 +15,12 @@ outright loses at most that much) and at stop. Loop thread only.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections import deque
 from pathlib import Path
 from typing import Any
 
-from ..core.jsonfile import read_json, write_json_atomic
-
-log = logging.getLogger("hearth.activity")
+from ..core.jsonfile import LatestWriter, read_json
 
 COUNTERS = ("hits", "misses", "fills", "evictions")
 RECORDED = frozenset({"cache", "strategy", "config"})
@@ -47,6 +44,7 @@ class Activity:
         self.events: deque[dict] = deque(kept[-MAX_EVENTS:], maxlen=MAX_EVENTS)
         self.seq = max((e["seq"] for e in self.events), default=0)
         self._timer: asyncio.TimerHandle | None = None
+        self._writer = LatestWriter(path)  # the fsync off the loop, as for index.json
 
     def record(self, event: dict[str, Any]) -> None:
         """Keep `event` (numbered in place, so viewers get the same number) if it is one the panel lists."""
@@ -77,10 +75,12 @@ class Activity:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        try:
-            write_json_atomic(self.path, {"totals": self.totals, "since": self.since, "events": list(self.events)})
-        except (OSError, TypeError, ValueError) as e:  # a full disk costs the history, never the daemon
-            log.warning("could not save the activity history: %s", e)
+        # copies: the writer's thread serialises them while the loop goes on counting and recording
+        self._writer.write({"totals": dict(self.totals), "since": self.since, "events": list(self.events)})
+
+    def flush(self) -> None:
+        """Until what was saved so far is on disk (the daemon's stop); a full disk costs the history only."""
+        self._writer.flush()
 
 
 class Counters(dict):

@@ -81,6 +81,7 @@ class Service:
         self.index.save(self.entries)
         self.index.flush()
         self.activity.save()
+        self.activity.flush()
         try:  # evicted segments' frees end before the stop does (past the bound, the interpreter's exit joins them)
             await asyncio.wait_for(self.entries.reaper.freed(), STOP_FREES_S)
         except asyncio.TimeoutError:

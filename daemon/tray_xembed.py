@@ -8,6 +8,9 @@ panel", and the panel does the rest. Two pystray 0.19 faults are worked around h
 - with no tray manager it logs "Failed to dock icon" tracebacks and keeps an unmapped 1x1 window, and it
   never docks into a tray that starts later; so the icon is made only when the _NET_SYSTEM_TRAY_S<screen>
   selection has an owner (`tray_manager`).
+It sends its dock request once; a tray that has just taken the selection (at login the daemon and the panel
+start together) can drop it and the icon never shows, so `_keep_docked` sends it again until the window is
+embedded.
 The backend is forced to Xorg: a PyGObject in the environment would otherwise pick GTK or AppIndicator,
 which need a GLib main loop on the main thread, which the daemon's asyncio loop holds.
 """
@@ -23,6 +26,11 @@ from collections.abc import Awaitable, Callable
 from .tray_menu import Entry
 
 log = logging.getLogger("hearth.tray")
+
+DOCK_CHECK_S = 2.0   # how often the window is checked until a tray embeds it: long enough that a request
+                     # the tray is still working on is not sent again
+DOCK_TRIES = 15      # then one warning: the tray keeps ignoring us
+SYSTEM_TRAY_REQUEST_DOCK = 0  # the system tray protocol's opcode
 
 
 def tray_manager(display: str) -> tuple[bool, str]:
@@ -43,6 +51,30 @@ def tray_manager(display: str) -> tuple[bool, str]:
     return True, f"XEmbed system tray on {display}"
 
 
+def dock(display: str, window_id: int) -> bool:
+    """Whether the window is embedded in a tray; if not, ask the tray that owns the selection now to dock
+    it (any client may send the request: it names the window)."""
+    from Xlib import X
+    from Xlib.display import Display
+    from Xlib.protocol.event import ClientMessage
+
+    d = Display(display)
+    try:
+        root = d.screen().root
+        if d.create_resource_object("window", window_id).query_tree().parent != root:
+            return True
+        owner = d.get_selection_owner(d.intern_atom(f"_NET_SYSTEM_TRAY_S{d.get_default_screen()}"))
+        if owner != X.NONE:
+            owner.send_event(ClientMessage(
+                window=owner, client_type=d.intern_atom("_NET_SYSTEM_TRAY_OPCODE"),
+                data=(32, (X.CurrentTime, SYSTEM_TRAY_REQUEST_DOCK, window_id, 0, 0))),
+                event_mask=X.NoEventMask)
+            d.flush()
+        return False
+    finally:
+        d.close()
+
+
 class XembedTray:
     """pystray's icon on its own thread; its clicks are handed to the daemon's loop by `activate`."""
 
@@ -51,6 +83,7 @@ class XembedTray:
         self._image, self._name, self._build, self._activate = image, name, build, activate
         self._entries: tuple[Entry, ...] = ()  # the last menu built on the loop; pystray's thread reads it
         self._icon = None
+        self._docking: asyncio.Task | None = None
 
     async def start(self) -> None:
         self._entries = await self._build()
@@ -64,6 +97,19 @@ class XembedTray:
             event_mask=Xlib.X.ExposureMask | Xlib.X.StructureNotifyMask | Xlib.X.ButtonPressMask)
         self._icon = icon
         threading.Thread(target=icon.run, name="hearth-tray", daemon=True).start()
+        self._docking = asyncio.create_task(self._keep_docked(os.environ["DISPLAY"], icon._window.id))
+
+    async def _keep_docked(self, display: str, window_id: int) -> None:
+        for _ in range(DOCK_TRIES):
+            await asyncio.sleep(DOCK_CHECK_S)
+            try:
+                if await asyncio.to_thread(dock, display, window_id):
+                    return
+            except Exception as e:  # noqa: BLE001 - the display went away: the icon with it
+                log.warning("tray: the XEmbed icon could not be docked (%s: %s)", type(e).__name__, e)
+                return
+        log.warning("tray: the XEmbed system tray on %s has not embedded the icon after %.0f s of asking",
+                    display, DOCK_TRIES * DOCK_CHECK_S)
 
     def _items(self):
         return self._convert(self._entries)
@@ -90,6 +136,9 @@ class XembedTray:
             self._icon.title = self._name()
 
     async def close(self) -> None:
+        if self._docking is not None:
+            self._docking.cancel()
+            self._docking = None
         if self._icon is not None:
             await asyncio.to_thread(self._icon.stop)
             self._icon = None

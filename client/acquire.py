@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 
 from ..core.errors import DaemonStalled, HearthError
@@ -48,37 +47,23 @@ def release(conn: Connection, key: str, path: str, timeout: float | None = -1.0)
 
 def acquire(conn: Connection, path: str) -> dict:
     """POST /v1/acquire for this process; raises DaemonStalled when the daemon stops answering or moving."""
-    pid = os.getpid()
-    done = threading.Event()
-    given_up = threading.Event()
-    result: dict = {}
-
-    def request() -> None:
-        try:
-            result["answer"] = conn.post("/v1/acquire", {"path": path, "pid": pid}, timeout=None)
-        except BaseException as e:  # noqa: BLE001 - handed to the waiting thread, which raises it
-            result["error"] = e
-        done.set()
-        if given_up.is_set() and "answer" in result:
-            # Nobody will map it: free the lease now rather than leave the segment "held" by this pid.
-            release(conn, result["answer"]["key"], path, timeout=PROBE_S)
-
-    # A daemon thread: a request stuck on a frozen daemon must not keep the process from exiting.
-    threading.Thread(target=request, name="hearth-acquire", daemon=True).start()
     limit = stall_seconds()
-    last_mark: tuple | None = None
-    last_change = time.monotonic()
-    while not done.wait(PROBE_S):
+    seen: dict = {"mark": None, "since": time.monotonic()}
+
+    def waiting() -> None:
         try:
             mark: tuple | None = _progress(conn.get("/v1/status", timeout=PROBE_S))
         except HearthError:
-            mark = last_mark  # no answer is no progress
-        if mark != last_mark:
-            last_mark, last_change = mark, time.monotonic()
-        elif time.monotonic() - last_change > limit and not done.is_set():
-            given_up.set()
+            mark = seen["mark"]  # no answer is no progress
+        if mark != seen["mark"]:
+            seen.update(mark=mark, since=time.monotonic())
+        elif time.monotonic() - seen["since"] > limit:
             raise DaemonStalled(f"the daemon neither answered nor filled for {limit:.0f} s while {path} "
                                 f"was being acquired (HEARTH_STALL_S sets this limit)")
-    if "error" in result:
-        raise result["error"]
-    return result["answer"]
+
+    def late(answer: dict) -> None:
+        # Nobody will map it: free the lease now rather than leave the segment "held" by this pid.
+        release(conn, answer["key"], path, timeout=PROBE_S)
+
+    return conn.post("/v1/acquire", {"path": path, "pid": os.getpid()}, timeout=None, waiting=waiting,
+                     every=PROBE_S, late=late)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import select
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from ..core.command import hint
@@ -26,29 +29,59 @@ class Connection:
         self.token = token
         self.timeout = timeout
 
-    def request(self, method: str, path: str, body: dict | None = None,
-                timeout: float | None = -1.0) -> Any:
-        """Send one request; raises the daemon's typed error, or DaemonUnavailable when it is gone."""
+    def request(self, method: str, path: str, body: dict | None = None, timeout: float | None = -1.0, *,
+                waiting: Callable[[], None] | None = None, every: float = 2.0,
+                late: Callable[[Any], None] | None = None) -> Any:
+        """Send one request; raises the daemon's typed error, or DaemonUnavailable when it is gone.
+
+        `waiting`, where given, runs every `every` seconds until the answer begins to arrive, in this thread
+        (no thread per request: under load each hand-over costs a scheduling delay). What it raises ends the
+        wait; the answer is then read by a thread of its own and handed to `late`."""
         conn = http.client.HTTPConnection("127.0.0.1", self.port,
                                           timeout=self.timeout if timeout == -1.0 else timeout)
+        handed_over = False
         try:
             data = json.dumps(body).encode() if body is not None else None
             headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
             conn.request(method, path, body=data, headers=headers)
-            resp = conn.getresponse()
-            payload = resp.read()
+            while waiting is not None and not select.select([conn.sock], [], [], every)[0]:
+                try:
+                    waiting()
+                except BaseException:
+                    handed_over = True
+                    threading.Thread(target=self._late, args=(conn, late), name="hearth-late-answer",
+                                     daemon=True).start()
+                    raise
+            status, doc = self._answer(conn)
         except (OSError, http.client.HTTPException) as e:
             raise DaemonUnavailable(f"the daemon on port {self.port} did not answer ({e})") from None
         finally:
-            conn.close()
+            if not handed_over:
+                conn.close()
+        if status >= 400:
+            err = doc.get("error", {}) if isinstance(doc, dict) else {}
+            raise from_code(err.get("code", "internal"), err.get("message", f"HTTP {status}"))
+        return doc
+
+    @staticmethod
+    def _answer(conn: http.client.HTTPConnection) -> tuple[int, Any]:
+        resp = conn.getresponse()
+        payload = resp.read()
         try:
-            doc = json.loads(payload) if payload else {}
+            return resp.status, json.loads(payload) if payload else {}
         except ValueError:
             raise DaemonUnavailable(f"the daemon answered {resp.status} with a body that is not JSON") from None
-        if resp.status >= 400:
-            err = doc.get("error", {}) if isinstance(doc, dict) else {}
-            raise from_code(err.get("code", "internal"), err.get("message", f"HTTP {resp.status}"))
-        return doc
+
+    def _late(self, conn: http.client.HTTPConnection, late: Callable[[Any], None] | None) -> None:
+        """The answer of a request nobody waits for any more, to `late` when it is one."""
+        try:
+            status, doc = self._answer(conn)
+            if status < 400 and late is not None:
+                late(doc)
+        except (OSError, http.client.HTTPException, HearthError):
+            pass  # a daemon gone meanwhile: nothing was leased to give back
+        finally:
+            conn.close()
 
     def get(self, path: str, **kw: Any) -> Any:
         return self.request("GET", path, **kw)

@@ -13,14 +13,17 @@ from typing import Any
 log = logging.getLogger("hearth.state")
 
 
-def write_json_atomic(path: Path, data: Any, mode: int = 0o600) -> None:
-    """Write JSON to a temporary file beside `path`, then rename it over `path`."""
+def write_json_atomic(path: Path, data: Any, mode: int = 0o600, durable: bool = True) -> None:
+    """Write JSON to a temporary file beside `path`, then rename it over `path`. The rename alone is
+    atomic for every reader and survives the writer's death; `durable` also syncs the file first, for a
+    power cut."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=1, sort_keys=True)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
@@ -46,11 +49,12 @@ class LatestWriter:
     The daemon's state files change on its event loop, and an fsync there (a millisecond on this machine's
     SSD, tens of milliseconds on a disk) would stall every request meanwhile: measured under load, the
     index's fsync took a sixth of the loop's time. Documents given while one is written coalesce into the
-    newest, and writes never overtake each other. `flush` waits until what was given so far is on disk.
+    newest, and writes never overtake each other. `flush` waits until what was given so far is written
+    (and synced, where `durable`).
     """
 
-    def __init__(self, path: Path, mode: int = 0o600):
-        self.path, self.mode = path, mode
+    def __init__(self, path: Path, mode: int = 0o600, durable: bool = True):
+        self.path, self.mode, self.durable = path, mode, durable
         self._cond = threading.Condition()
         self._doc: Any = None
         self._given = self._done = 0
@@ -76,7 +80,7 @@ class LatestWriter:
                     return
                 doc, number = self._doc, self._given
             try:
-                write_json_atomic(self.path, doc, self.mode)
+                write_json_atomic(self.path, doc, self.mode, self.durable)
             except (OSError, TypeError, ValueError) as e:  # a full disk costs this state file, never the daemon
                 log.warning("could not write %s: %s", self.path, e)
             with self._cond:

@@ -18,8 +18,9 @@ WARM (the warm set's refill at start). Concurrency rules:
   names (`protected`) is never evicted for a background fill, and only after everything else for an
   urgent one; a refill never evicts a model used after the one it brings back. An urgent fill that
   still does not fit aborts running background fills, lowest priority first, before it gives up;
-- only `segments.fill` runs off the loop, in a worker thread with its own copy threads; its progress comes
-  back through `call_soon_threadsafe`, the copy threads read the state they wait on under `_cv`, and
+- only `segments.fill` runs off the loop, in a worker thread with its own copy threads (for an urgent
+  fill of one range, the worker thread copies it itself: under load every hand-over waits for a CPU); its
+  progress comes back through `call_soon_threadsafe`, the copy threads read the state they wait on under `_cv`, and
   everything else here runs on the loop.
 """
 
@@ -68,13 +69,19 @@ class Fill:
         return self.ticket.priority
 
 
+_io = threading.local()  # .idle: whether this thread reads in the idle class now
+
+
 def _set_io_class(idle: bool) -> None:
     """This thread's I/O class: idle, or back to the default (derived from the CPU nice value)."""
     import psutil
 
+    if getattr(_io, "idle", False) == idle:
+        return
     try:
         psutil.Process(threading.get_native_id()).ionice(
             psutil.IOPRIO_CLASS_IDLE if idle else psutil.IOPRIO_CLASS_NONE)
+        _io.idle = idle
     except (psutil.Error, OSError, AttributeError, ValueError) as e:  # not Linux, or the kernel refused it
         log.debug("I/O priority not set: %s", e)
 
@@ -171,16 +178,8 @@ class Fills:
     def _turn(self, f: Fill) -> Callable[[], None]:
         """What each copy thread of `f` runs before each range: give way while it must, stop when aborted,
         and read in the I/O class its priority asks for."""
-        local = threading.local()
-
-        def io_class(priority: int) -> None:
-            idle = priority != URGENT
-            if getattr(local, "idle", False) != idle:
-                _set_io_class(idle)
-                local.idle = idle
-
         def turn() -> None:
-            io_class(f.priority)  # before waiting too: a paused thread is an idle-class one
+            _set_io_class(f.priority != URGENT)  # before waiting too: a paused thread is an idle-class one
             with self._cv:
                 while True:
                     if f.aborted:
@@ -189,7 +188,7 @@ class Fills:
                     if not self._gives_way(p):
                         break
                     self._cv.wait()
-            io_class(p)  # raised while it waited
+            _set_io_class(p != URGENT)  # raised while it waited
 
         return turn
 
@@ -268,7 +267,10 @@ class Fills:
         t0 = time.perf_counter()
         try:
             await wait_for_frees(self._entries, source.size)  # the victims' pages, if the room is theirs
-            filled = await asyncio.to_thread(segments.fill, source, progress, self._turn(f))
+            # inline for an urgent fill only: a background one's turn sets the thread's I/O class to idle, which
+            # the pool's thread (and any thread it starts, such as a library's) would keep
+            filled = await asyncio.to_thread(segments.fill, source, progress, self._turn(f),
+                                             f.priority == URGENT)
         except BaseException as e:
             self._entries.pop(source.key, None)
             if not isinstance(e, asyncio.CancelledError):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.errors import HearthError, SourceChanged
@@ -41,10 +41,13 @@ class Index:
     def __init__(self, path: Path):
         self.path = path
         self.remembered: dict[str, Remembered] = {}  # by key; never a key of a live entry
-        self._writer = LatestWriter(path)
+        # Not synced to the disk: a fill waits for its index entry (`saved`), and the file needs to outlive
+        # only the daemon, which the page cache does; what a power cut loses, the tmpfs lost too (the warm
+        # set then starts from the version before, or from nothing).
+        self._writer = LatestWriter(path, durable=False)
 
     def save(self, entries: dict[str, Entry]) -> None:
-        doc = {e.key: {"source": asdict(e.source), "hits": e.hits, "last_use": e.last_use,
+        doc = {e.key: {"source": e.source.record(), "hits": e.hits, "last_use": e.last_use,
                        "created": e.created, "tensors": e.tensors}
                for e in entries.values() if e.state == "ready"}
         ready = {e.source.path for e in entries.values() if e.state == "ready"}
@@ -52,7 +55,7 @@ class Index:
             if r.source.path in ready:  # filled again (this version or a newer one)
                 del self.remembered[key]
             else:
-                doc[key] = {"source": asdict(r.source), "hits": r.hits, "last_use": r.last_use,
+                doc[key] = {"source": r.source.record(), "hits": r.hits, "last_use": r.last_use,
                             "resident": False}
         self._writer.write(doc)
 

@@ -18,7 +18,8 @@ import secrets
 import stat
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
+from functools import cached_property
 from pathlib import Path
 
 from ..core.errors import NotAllowed, NotFound, ShmFull, SourceChanged, SourceUnreadable
@@ -56,14 +57,19 @@ class SourceId:
         st = st or os.stat(real_path)
         return cls(real_path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
-    @property
+    @cached_property
     def key(self) -> str:
-        h = hashlib.blake2b(repr(tuple(asdict(self).values())).encode(), digest_size=8)
+        # kept: the daemon's loop looks keys up for every request (a frozen instance never changes)
+        h = hashlib.blake2b(repr(tuple(self.record().values())).encode(), digest_size=8)
         return h.hexdigest()
+
+    def record(self) -> dict:
+        """The fields, for index.json and for comparing (a flat dataclasses.asdict, without its deep copy)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def mismatch(self, other: SourceId) -> str | None:
         """Name the first field that differs from `other`, or None when they are the same file."""
-        for field, value in asdict(self).items():
+        for field, value in self.record().items():
             if getattr(other, field) != value:
                 return field
         return None
@@ -212,7 +218,7 @@ def _in_room(room: Room, copy: Callable[[int, int, Callable[[int], None]], None]
 
 
 def _parallel(copy: Callable[[int, int, Callable[[int], None]], None], begin: int, size: int,
-              progress: Callable[[int], None], turn: Callable[[], None]) -> None:
+              progress: Callable[[int], None], turn: Callable[[], None], inline: bool) -> None:
     jobs: queue.Queue[tuple[int, int]] = queue.Queue()
     for start in range(begin, size, CHUNK):
         jobs.put((start, min(size, start + CHUNK)))
@@ -237,12 +243,15 @@ def _parallel(copy: Callable[[int, int, Callable[[int], None]], None], begin: in
             except BaseException as e:  # noqa: BLE001 - handed to the filling thread
                 errors.append(e)
 
-    threads = [threading.Thread(target=worker, name="hearth-fill", daemon=True)
-               for _ in range(min(FILL_THREADS, jobs.qsize()) or 1)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    if inline and jobs.qsize() <= 1:
+        worker()
+    else:
+        threads = [threading.Thread(target=worker, name="hearth-fill", daemon=True)
+                   for _ in range(min(FILL_THREADS, jobs.qsize()))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
     if errors:
         raise errors[0]
 
@@ -276,7 +285,7 @@ def _cached_first(residency: Residency, cached: Callable[[int, int, Callable[[in
 
 
 def _copy(source: SourceId, src_fd: int, dst_fd: int, dst_path: Path, room: Room,
-          progress: Callable[[int], None], turn: Callable[[], None]) -> int:
+          progress: Callable[[int], None], turn: Callable[[], None], inline: bool) -> int:
     """Fill the segment from the source: O_DIRECT where the source's file system allows it (page-aligned
     bulk; the unaligned tail through sendfile), sendfile everywhere else and for the ranges the page cache
     holds already (page_cache.py); each range's room is allocated right before it is written. Returns the
@@ -286,7 +295,7 @@ def _copy(source: SourceId, src_fd: int, dst_fd: int, dst_path: Path, room: Room
     sendfile = _in_room(room, _sendfile_ranges(src_fd, dst_path))
     direct_fd = _open_direct(source) if aligned else -1
     if direct_fd < 0:
-        _parallel(sendfile, 0, size, progress, turn)
+        _parallel(sendfile, 0, size, progress, turn, inline)
         return size
     from_cache = [size - aligned]
     try:
@@ -294,13 +303,13 @@ def _copy(source: SourceId, src_fd: int, dst_fd: int, dst_path: Path, room: Room
             direct = _in_room(room, _direct_ranges(direct_fd, view))
             try:
                 _parallel(_cached_first(Residency.of(src_fd, aligned), sendfile, direct, from_cache),
-                          0, aligned, progress, turn)
+                          0, aligned, progress, turn, inline)
             except OSError as e:
                 if e.errno != errno.EINVAL:
                     raise
                 log.info("O_DIRECT reads refused for %s; filling through the page cache", source.path)
                 from_cache[0], aligned = size, 0
-        _parallel(sendfile, aligned, size, progress, turn)
+        _parallel(sendfile, aligned, size, progress, turn, inline)
     finally:
         os.close(direct_fd)
     return from_cache[0]
@@ -321,10 +330,13 @@ class Filled:
 
 
 def fill(source: SourceId, progress: Callable[[int], None] = lambda n: None,
-         turn: Callable[[], None] = _no_turn) -> Filled:
+         turn: Callable[[], None] = _no_turn, inline: bool = False) -> Filled:
     """Copy `source` into a new segment and publish it.
 
-    `turn` runs in each copy thread before each range (fills.py: priorities and aborts). Raises ShmFull
+    `turn` runs in each copy thread before each range (fills.py: priorities and aborts); `inline` copies
+    a file of one range (a LoRA, an embedding) in this thread, with no copy thread to hand it to (under
+    load each hand-over waits for a CPU), for a fill whose `turn` leaves this thread as it found it.
+    Raises ShmFull
     when the tmpfs cannot hold it, SourceChanged when the file changed under the fill, SourceUnreadable
     when reading it fails, BadHeader when the bytes are not a valid safetensors file, and what `turn`
     raises. No final name is ever left half-filled.
@@ -338,7 +350,7 @@ def fill(source: SourceId, progress: Callable[[int], None] = lambda n: None,
         try:
             room = Room(dst, source.size, source.path)
             try:
-                from_cache = _copy(source, src, dst, part, room, progress, turn)
+                from_cache = _copy(source, src, dst, part, room, progress, turn, inline)
             except OSError as e:  # EIO from a failing disk, a FUSE or network file system that went wrong
                 if e.errno in (errno.ENOSPC, errno.EFBIG):
                     raise ShmFull(f"{shm_dir()} ran out of room while {source.path} was copied there") from None

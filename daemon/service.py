@@ -175,13 +175,15 @@ class Service:
         return await asyncio.shield(self.fills.start(source)), False
 
     def release(self, key: Any, pid: int | None) -> dict:
+        """Drop `pid`'s lease; answers the pids still leasing the segment (its mappings' holders are in the
+        status: reading them costs a pass over /proc/locks, which a call per load does not need)."""
         found = [e for e in self.entries.all() if e.key == key]
         if not found:
             raise NotFound(f"no segment {key!r}")
         for e in found:
             if pid is not None:  # a release without a pid releases nothing
                 e.leases.pop(pid, None)
-        return {"key": key, "holders": sorted({p for e in found for p in e.holders()})}
+        return {"key": key, "leases": sorted({p for e in found for p in e.leases})}
 
     async def preload(self, paths: Any) -> dict:
         """Queue background fills; answer at once with what was queued and what was refused."""

@@ -376,7 +376,7 @@ def test_read_error_from_the_source(make_daemon, tmp_path, flaky_disk):
     failure = next(f for f in d.status()["failures"] if f["path"] == str(disk.path))
     assert failure["code"] == doc["error"]["code"]
     assert d.shm_names() == [] and d.status()["segments"] == []
-    open_files = [os.readlink(f"/proc/{d.proc.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{d.proc.pid}/fd")]
+    open_files = fd_targets(d.proc.pid)
     assert not [t for t in open_files if t.startswith(str(disk.mount))], open_files
 
     disk.failing.clear()

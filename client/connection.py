@@ -37,45 +37,54 @@ class Connection:
         `waiting`, where given, runs every `every` seconds until the answer begins to arrive, in this thread
         (no thread per request: under load each hand-over costs a scheduling delay). What it raises ends the
         wait; the answer is then read by a thread of its own and handed to `late`."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port,
-                                          timeout=self.timeout if timeout == -1.0 else timeout)
-        handed_over = False
-        try:
-            data = json.dumps(body).encode() if body is not None else None
-            headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
-            conn.request(method, path, body=data, headers=headers)
-            while waiting is not None and not select.select([conn.sock], [], [], every)[0]:
-                try:
-                    waiting()
-                except BaseException:
-                    handed_over = True
-                    threading.Thread(target=self._late, args=(conn, late), name="hearth-late-answer",
-                                     daemon=True).start()
-                    raise
-            status, doc = self._answer(conn)
-        except (OSError, http.client.HTTPException) as e:
-            raise DaemonUnavailable(f"the daemon on port {self.port} did not answer ({e})") from None
-        finally:
-            if not handed_over:
-                conn.close()
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
+        for attempt in (0, 1):
+            conn, kept = _kept.take(self.port, self.timeout if timeout == -1.0 else timeout)
+            handed_over = done = False
+            try:
+                conn.request(method, path, body=data, headers=headers)
+                while waiting is not None and not select.select([conn.sock], [], [], every)[0]:
+                    try:
+                        waiting()
+                    except BaseException:
+                        handed_over = True
+                        threading.Thread(target=self._late, args=(conn, late), name="hearth-late-answer",
+                                         daemon=True).start()
+                        raise
+                status, doc, reusable = self._answer(conn)
+                done = True
+            except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected) as e:
+                if kept and attempt == 0:
+                    continue  # the daemon closed the kept connection while it was idle: once more, anew
+                raise DaemonUnavailable(f"the daemon on port {self.port} did not answer ({e})") from None
+            except (OSError, http.client.HTTPException) as e:
+                raise DaemonUnavailable(f"the daemon on port {self.port} did not answer ({e})") from None
+            finally:
+                if done and reusable:
+                    _kept.give(self.port, conn)
+                elif not handed_over:
+                    conn.close()
+            break
         if status >= 400:
             err = doc.get("error", {}) if isinstance(doc, dict) else {}
             raise from_code(err.get("code", "internal"), err.get("message", f"HTTP {status}"))
         return doc
 
     @staticmethod
-    def _answer(conn: http.client.HTTPConnection) -> tuple[int, Any]:
+    def _answer(conn: http.client.HTTPConnection) -> tuple[int, Any, bool]:
+        """(status, document, whether the connection may carry another request)."""
         resp = conn.getresponse()
         payload = resp.read()
         try:
-            return resp.status, json.loads(payload) if payload else {}
+            return resp.status, json.loads(payload) if payload else {}, not resp.will_close
         except ValueError:
             raise DaemonUnavailable(f"the daemon answered {resp.status} with a body that is not JSON") from None
 
     def _late(self, conn: http.client.HTTPConnection, late: Callable[[Any], None] | None) -> None:
         """The answer of a request nobody waits for any more, to `late` when it is one."""
         try:
-            status, doc = self._answer(conn)
+            status, doc, _ = self._answer(conn)
             if status < 400 and late is not None:
                 late(doc)
         except (OSError, http.client.HTTPException, HearthError):
@@ -88,6 +97,37 @@ class Connection:
 
     def post(self, path: str, body: dict, **kw: Any) -> Any:
         return self.request("POST", path, body, **kw)
+
+
+class _Kept(threading.local):
+    """Each thread's open connection to the daemon, reused by its next request: a TCP connection per
+    request was a fifth of a loaded daemon's loop (accepting, setting up, closing). Per thread, since an
+    HTTPConnection carries one request at a time; per process, since a forked child must not share the
+    parent's socket (their answers would cross)."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.conns: dict[int, http.client.HTTPConnection] = {}
+
+    def take(self, port: int, timeout: float | None) -> tuple[http.client.HTTPConnection, bool]:
+        """(a connection to `port`, whether it is a kept one) with `timeout` for this request."""
+        if self.pid != os.getpid():
+            self.pid, self.conns = os.getpid(), {}  # the parent's, inherited through fork: not ours to use
+        conn = self.conns.pop(port, None)
+        if conn is None or conn.sock is None:
+            return http.client.HTTPConnection("127.0.0.1", port, timeout=timeout), False
+        conn.timeout = timeout
+        conn.sock.settimeout(timeout)
+        return conn, True
+
+    def give(self, port: int, conn: http.client.HTTPConnection) -> None:
+        old = self.conns.pop(port, None)
+        if old is not None:
+            old.close()
+        self.conns[port] = conn
+
+
+_kept = _Kept()
 
 
 def read_info() -> dict | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import hashlib
 import logging
 import mmap
@@ -19,7 +20,6 @@ import stat
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from functools import cached_property
 from pathlib import Path
 
 from ..core.errors import NotAllowed, NotFound, ShmFull, SourceChanged, SourceUnreadable
@@ -57,7 +57,7 @@ class SourceId:
         st = st or os.stat(real_path)
         return cls(real_path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
-    @cached_property
+    @functools.cached_property
     def key(self) -> str:
         # kept: the daemon's loop looks keys up for every request (a frozen instance never changes)
         h = hashlib.blake2b(repr(tuple(self.record().values())).encode(), digest_size=8)
@@ -119,8 +119,14 @@ def _open_source(source: SourceId, flags: int = 0) -> int:
 def prefix() -> str:
     """`hearth-<uid>-<home>-`: <home> tells apart daemons of one user with different HEARTH_HOMEs (test
     runs, benchmarks), so that a starting daemon cleans up only its own leftovers."""
-    home = os.path.realpath(hearth_home())
-    return f"hearth-{os.getuid()}-{hashlib.blake2b(home.encode(), digest_size=3).hexdigest()}-"
+    return _prefix(str(hearth_home()), os.getuid())
+
+
+@functools.lru_cache(maxsize=8)
+def _prefix(home: str, uid: int) -> str:
+    # kept per home as named: every acquire names its segment, and realpath is a syscall per component
+    real = os.path.realpath(home)
+    return f"hearth-{uid}-{hashlib.blake2b(real.encode(), digest_size=3).hexdigest()}-"
 
 
 def segment_path(key: str) -> Path:

@@ -167,6 +167,9 @@ def test_the_default_port_taken_by_another_program_means_another_port(make_daemo
     d = make_daemon(start=False)
     d.env.pop("HEARTH_PORT")
     holder = socket.socket()
+    # as the daemon binds (asyncio sets it): a daemon of an earlier test that closed its clients' kept
+    # connections left them in TIME_WAIT on 7788, which a bind without it counts as taken
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         holder.bind(("127.0.0.1", 7788))
         holder.listen()

@@ -11,7 +11,7 @@ import numpy as np
 from harness import graphs
 from harness.daemon import sha256
 
-from .comfy_support import CKPT, LORA_A, LORA_B, hearth_graph, start_comfy
+from .comfy_support import CKPT, LORA_A, LORA_B, free_cache, hearth_graph, start_comfy
 
 STACK = [(LORA_A, 1.0, 1.0), (LORA_B, 0.5, 0.7)]
 
@@ -22,6 +22,7 @@ def checkpoint_event(run) -> dict:
 
 
 def test_hearth_txt2img_gives_the_stock_image(comfy, stock):
+    free_cache(comfy)  # the server is shared: an earlier module's same graph would leave the loader cached
     run = comfy.run(hearth_graph())
     image = run.pixels()
     assert image.std() > 1, "a flat image would prove nothing"

@@ -44,7 +44,7 @@ class Activity:
         self.events: deque[dict] = deque(kept[-MAX_EVENTS:], maxlen=MAX_EVENTS)
         self.seq = max((e["seq"] for e in self.events), default=0)
         self._timer: asyncio.TimerHandle | None = None
-        self._writer = LatestWriter(path)  # the fsync off the loop, as for index.json
+        self._writer = LatestWriter(path)  # the write and its fsync off the loop, as for index.json
 
     def record(self, event: dict[str, Any]) -> None:
         """Keep `event` (numbered in place, so viewers get the same number) if it is one the panel lists."""

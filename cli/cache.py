@@ -26,8 +26,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     print(f"Hearth daemon {doc['version']} (pid {doc['pid']}), up {time.time() - doc['started']:.0f} s")
     print(f"panel: http://127.0.0.1:{conn.port}/#token={conn.token} (in ComfyUI: the Hearth tab of the sidebar)")
+    freeing = doc["shm"].get("freeing") or 0
     print(f"cache: {format_size(doc['used'])} of {format_size(doc['budget'])} budget; "
-          f"{doc['shm']['dir']}: {format_size(doc['shm']['free'])} free of {format_size(doc['shm']['total'])}")
+          f"{doc['shm']['dir']}: {format_size(doc['shm']['free'])} free of {format_size(doc['shm']['total'])}"
+          + (f", {format_size(freeing)} more being freed (evicted)" if freeing else ""))
     s = doc["stats"]
     print(f"hits {s['hits']}, misses {s['misses']}, fills {s['fills']}, evictions {s['evictions']}")
     warm = doc.get("warm_set")

@@ -194,8 +194,10 @@ export function createPanel(root, transport, options = {}) {
       bar(share, share > 90 ? "is-hot" : "", `${bytes(used)} of ${bytes(budget)}`),
       h("div.hearth-facts", {},
         fact("RAM available", `${bytes(ram.available)} of ${bytes(ram.total)}`),
-        fact(`${shm.dir || "/dev/shm"} free`, `${bytes(shm.free)} of ${bytes(shm.total)}`,
-          shm.free < budget - used ? "shared memory is smaller than the room left in the budget" : "")),
+        fact(`${shm.dir || "/dev/shm"} free`,
+          `${bytes(shm.free)} of ${bytes(shm.total)}${shm.freeing ? `, ${bytes(shm.freeing)} more being freed` : ""}`,
+          shm.free + (shm.freeing || 0) < budget - used
+            ? "shared memory is smaller than the room left in the budget" : "")),
       h("div.hearth-stats", { title: `Counted by the daemon${since}; they survive its restarts` },
         stat("hits", st.hits, "loads served from shared memory"),
         stat("misses", st.misses, "loads that had to read the file first"),

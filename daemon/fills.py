@@ -20,8 +20,8 @@ WARM (the warm set's refill at start). Concurrency rules:
   still does not fit aborts running background fills, lowest priority first, before it gives up;
 - only `segments.fill` runs off the loop, in a worker thread with its own copy threads (for an urgent
   fill of one range, the worker thread copies it itself: under load every hand-over waits for a CPU); its
-  progress comes back through `call_soon_threadsafe`, the copy threads read the state they wait on under `_cv`, and
-  everything else here runs on the loop.
+  progress comes back through `call_soon_threadsafe`, the copy threads read the state they wait on under
+  `_cv`, and everything else here runs on the loop.
 """
 
 from __future__ import annotations
@@ -267,8 +267,8 @@ class Fills:
         t0 = time.perf_counter()
         try:
             await wait_for_frees(self._entries, source.size)  # the victims' pages, if the room is theirs
-            # inline for an urgent fill only: a background one's turn sets the thread's I/O class to idle, which
-            # the pool's thread (and any thread it starts, such as a library's) would keep
+            # inline for an urgent fill only: a background one's turn sets the thread's I/O class to idle,
+            # which the pool's thread (and any thread it starts, such as a library's) would keep
             filled = await asyncio.to_thread(segments.fill, source, progress, self._turn(f),
                                              f.priority == URGENT)
         except BaseException as e:

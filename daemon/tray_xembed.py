@@ -33,6 +33,11 @@ DOCK_TRIES = 15      # then one warning: the tray keeps ignoring us
 SYSTEM_TRAY_REQUEST_DOCK = 0  # the system tray protocol's opcode
 
 
+def _selection_owner(d):
+    """The window that owns the system-tray selection of display `d`'s default screen (X.NONE: no tray)."""
+    return d.get_selection_owner(d.intern_atom(f"_NET_SYSTEM_TRAY_S{d.get_default_screen()}"))
+
+
 def tray_manager(display: str) -> tuple[bool, str]:
     """Whether an XEmbed tray manager owns the system-tray selection of `display`'s default screen."""
     from Xlib import X
@@ -43,7 +48,7 @@ def tray_manager(display: str) -> tuple[bool, str]:
     except Exception as e:  # noqa: BLE001 - a bad or dead display: no XEmbed tray, and why
         return False, f"the X display {display} cannot be reached ({e})"
     try:
-        owner = d.get_selection_owner(d.intern_atom(f"_NET_SYSTEM_TRAY_S{d.get_default_screen()}"))
+        owner = _selection_owner(d)
     finally:
         d.close()
     if owner == X.NONE:
@@ -63,7 +68,7 @@ def dock(display: str, window_id: int) -> bool:
         root = d.screen().root
         if d.create_resource_object("window", window_id).query_tree().parent != root:
             return True
-        owner = d.get_selection_owner(d.intern_atom(f"_NET_SYSTEM_TRAY_S{d.get_default_screen()}"))
+        owner = _selection_owner(d)
         if owner != X.NONE:
             owner.send_event(ClientMessage(
                 window=owner, client_type=d.intern_atom("_NET_SYSTEM_TRAY_OPCODE"),

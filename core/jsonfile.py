@@ -58,14 +58,15 @@ class LatestWriter:
         self._cond = threading.Condition()
         self._doc: Any = None
         self._given = self._done = 0
-        self._writing = False
+        self._started = False
 
     def write(self, doc: Any) -> None:
         with self._cond:
             self._doc, self._given = doc, self._given + 1
-            if not self._writing:
-                self._writing = True
+            if not self._started:  # one thread for the writer's life, started at its first document
+                self._started = True
                 threading.Thread(target=self._run, name="hearth-state-writer", daemon=True).start()
+            self._cond.notify_all()
 
     def flush(self, timeout: float | None = None) -> bool:
         with self._cond:
@@ -75,9 +76,7 @@ class LatestWriter:
     def _run(self) -> None:
         while True:
             with self._cond:
-                if self._done == self._given:
-                    self._writing = False
-                    return
+                self._cond.wait_for(lambda: self._done != self._given)
                 doc, number = self._doc, self._given
             try:
                 write_json_atomic(self.path, doc, self.mode, self.durable)

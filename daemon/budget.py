@@ -10,6 +10,7 @@ freed them, off the loop (reaper.py), and wait_for_frees keeps a fill from readi
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 
 import psutil
@@ -35,16 +36,23 @@ def shm_free() -> int:
         return 0
 
 
+@functools.cache
+def ram_total() -> int:
+    """The machine's RAM, read once: every fill and status asks for the budget, and psutil parses
+    /proc/meminfo for it each time."""
+    return psutil.virtual_memory().total
+
+
 def default_budget() -> int:
     """Half the machine's RAM or 80 % of the tmpfs, whichever is smaller (DESIGN section 5)."""
-    return min(psutil.virtual_memory().total // 2, shm_total() * 4 // 5)
+    return min(ram_total() // 2, shm_total() * 4 // 5)
 
 
 def resolve_budget(setting: str | int | None) -> int:
     """Bytes for a budget setting ('12G', '40%' of RAM, a byte count, or None for the default)."""
     if setting in (None, "", "auto"):
         return default_budget()
-    return parse_size(setting, total=psutil.virtual_memory().total)
+    return parse_size(setting, total=ram_total())
 
 
 Rank = Callable[[Entry], "int | None"]  # an evictable entry's turn: lower ranks go first; None: never

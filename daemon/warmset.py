@@ -33,6 +33,7 @@ from ..core.errors import HearthError
 from ..core.model_files import is_cached_kind
 from ..core.sizes import format_size, parse_size
 from . import segments
+from .budget import ram_total
 from .entries import Entries
 from .fills import Aborted, Fills
 from .index import Index, Remembered
@@ -85,9 +86,7 @@ class WarmSet:
         budget = self._budget()
         if setting in (None, "", "auto"):
             return budget
-        import psutil
-
-        return min(parse_size(setting, total=psutil.virtual_memory().total), budget)
+        return min(parse_size(setting, total=ram_total()), budget)
 
     def plan(self) -> None:
         """Order what to refill: pinned first, then most recent first, within the warm set's size."""

@@ -64,14 +64,20 @@ def freed_segments_in_fds(d, mnt: Path) -> list[str]:
     return [t for t in fd_targets(d.proc.pid) if t.startswith(str(mnt)) and t.endswith("(deleted)")]
 
 
-def test_the_daemon_answers_while_an_evicted_segment_is_freed(make_daemon, tmpfs):
-    mnt = tmpfs(1100)
+def small_and_big(make_daemon, tmpfs, shm_mib: int, big_mib: int):
+    """A daemon on a tmpfs of `shm_mib` holding a small model and a big one of `big_mib`: (daemon, tmpfs,
+    small, small's key, the tmpfs's use with the small one only, big, big's key)."""
+    mnt = tmpfs(shm_mib)
     d = make_daemon(env={"HEARTH_BUDGET": "8G"}, shm=mnt)
     small = make_model(d.models / "small.safetensors")
     small_key = d.acquire(small)["key"]
     base = used(mnt)
-    big = make_real_model(d.models / "big.safetensors", 1024 * MiB)
-    key = d.acquire(big)["key"]
+    big = make_real_model(d.models / "big.safetensors", big_mib * MiB)
+    return d, mnt, small, small_key, base, big, d.acquire(big)["key"]
+
+
+def test_the_daemon_answers_while_an_evicted_segment_is_freed(make_daemon, tmpfs):
+    d, mnt, small, small_key, base, big, key = small_and_big(make_daemon, tmpfs, 1100, 1024)
     size = d.segment(big)["size"]
     assert used(mnt) >= base + size  # every page of it is allocated
     seg = mnt / d.seg_name(key)
@@ -136,13 +142,7 @@ def test_fills_into_a_tight_tmpfs_wait_for_the_pages_of_what_they_evicted(make_d
 
 def test_a_stop_right_after_an_evict_leaves_the_tmpfs_as_it_should(make_daemon, tmpfs):
     """The stop waits for the free under way; the segment kept stays for the next daemon, which re-adopts it."""
-    mnt = tmpfs(640)
-    d = make_daemon(env={"HEARTH_BUDGET": "8G"}, shm=mnt)
-    small = make_model(d.models / "small.safetensors")
-    small_key = d.acquire(small)["key"]
-    base = used(mnt)
-    big = make_real_model(d.models / "big.safetensors", 512 * MiB)
-    d.acquire(big)
+    d, mnt, small, small_key, base, big, _key = small_and_big(make_daemon, tmpfs, 640, 512)
     d.ok("POST", "/v1/evict", {"path": str(big)})
     assert d.stop() == 0
     assert used(mnt) == base

@@ -5,7 +5,9 @@ WARM (the warm set's refill at start). Concurrency rules:
 - single flight: a fill is registered under its key as soon as it is asked for; later requests for the key
   get the same task (callers shield it, so one that hangs up cannot cancel a fill others await). A request
   of a better priority raises the fill's: an acquire of a key being preloaded jumps the queue, and its copy
-  threads leave idle I/O priority at their next range;
+  threads leave idle I/O priority at their next range. The acquires waiting on a fill are leased its
+  entry in the loop step that makes it ready, before their awaits resume: another fill's eviction would
+  otherwise take it in between, and they would be answered a name already gone;
 - slots: background fills never hold the slots a waited-on fill needs (slots.py). While an urgent fill
   runs, background fills pause at their next 16 MiB range, so what a load waits for has the disk to
   itself; WARM fills also pause while the warm set is paused;
@@ -61,6 +63,9 @@ class Fill:
         self.ticket = Ticket(priority)
         self.task: asyncio.Future
         self.aborted: str | None = None  # why it must stop (read by its copy threads under Fills._cv)
+        # The processes whose acquires wait for it: leased the entry in the step that makes it ready, since
+        # their awaits resume a few loop steps later, and another fill's eviction could take it meanwhile.
+        self.lessees: set[int] = set()
         # A refill keeps the use it remembers: a model used last week stays last week's for the LRU.
         self.last_use, self.hits = last_use, hits
 
@@ -123,9 +128,9 @@ class Fills:
     # ---- starting, raising, pausing, aborting ---------------------------------------------------
 
     def start(self, source: SourceId, priority: int = URGENT, last_use: float | None = None,
-              hits: int = 0) -> asyncio.Future:
+              hits: int = 0, lessee: int | None = None) -> asyncio.Future:
         """The one fill of this key (single flight): the one under way, its priority raised to `priority` if
-        that is better, or a new one, registered at once."""
+        that is better, or a new one, registered at once. `lessee`: the pid of an acquire awaiting it."""
         f = self._fills.get(source.key)
         if f is None:
             f = Fill(source, priority, last_use, hits)
@@ -143,6 +148,8 @@ class Fills:
             f.ticket.priority = priority
             self._sync()
             self.slots.changed()
+        if lessee is not None:
+            f.lessees.add(lessee)
         return f.task
 
     def pause_warm(self, paused: bool) -> None:
@@ -287,6 +294,7 @@ class Fills:
         entry.fd, entry.tensors, entry.filled = filled.fd, len(filled.header.tensors), source.size
         entry.fill_seconds = time.perf_counter() - t0
         entry.state = "ready"
+        entry.leases.update(dict.fromkeys(f.lessees, time.time()))
         self._stats["fills"] += 1
         self._index.save(self._entries)
         await self._index.saved()

@@ -143,10 +143,11 @@ class Service:
 
     async def acquire(self, path: Any, pid: int | None = None) -> dict:
         """Make the file's segment ready (filling it if needed) and lease it to `pid`."""
+        lessee = pid if isinstance(pid, int) and pid > 0 else None
         for attempt in (0, 1):
             source = self.resolve(path)
             try:
-                entry, hit = await self._ensure(source)
+                entry, hit = await self._ensure(source, lessee)
                 break
             except SourceChanged:
                 if attempt:
@@ -159,20 +160,20 @@ class Service:
             self.stats["hits"] += 1
         else:
             self.stats["misses"] += 1
-        if isinstance(pid, int) and pid > 0:
-            entry.leases[pid] = now
+        if lessee is not None:
+            entry.leases[lessee] = now
         self.events.emit("cache", action="acquire", key=entry.key, path=entry.source.path, hit=hit, pid=pid,
-                         by=processes.label(pid) if isinstance(pid, int) and pid > 0 else None)
+                         by=processes.label(lessee) if lessee is not None else None)
         return {"segment": str(segments.segment_path(entry.key)), "size": entry.size, "key": entry.key,
                 "hit": hit, "tensors": entry.tensors, "fill_seconds": entry.fill_seconds}
 
-    async def _ensure(self, source: SourceId) -> tuple[Entry, bool]:
+    async def _ensure(self, source: SourceId, pid: int | None) -> tuple[Entry, bool]:
         self.entries.drop_other_versions(source)
         entry = self.entries.get(source.key)
         if entry is not None and entry.state == "ready":
             return entry, True
         # shield: a client that hangs up must not cancel a fill other clients are waiting for
-        return await asyncio.shield(self.fills.start(source)), False
+        return await asyncio.shield(self.fills.start(source, lessee=pid)), False
 
     def release(self, key: Any, pid: int | None) -> dict:
         """Drop `pid`'s lease; answers the pids still leasing the segment (its mappings' holders are in the

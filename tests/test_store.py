@@ -280,6 +280,36 @@ def test_concurrent_acquires_fill_once(daemon):
     assert sum(not r["hit"] for r in results) >= 2, results  # at least two waited on the same fill
 
 
+def test_a_fill_leases_its_segment_to_the_acquire_waiting_on_it(daemon):
+    """Room for one model, one fill at a time: a load waits on A's fill, a second load on B's, queued. The
+    moment A is ready, B's fill makes room; A must already be leased to its waiter by then, or B evicts it
+    and the first load is answered a segment whose name is gone (the cycle of bench.stress that failed)."""
+    import threading
+
+    d = daemon
+    a, b = (make_sparse_model(d.models / f"{n}.safetensors", 512 * MB, seed=i) for i, n in enumerate("ab"))
+    d.ok("POST", "/v1/config", {"max_fills": 1, "budget": "600M"})
+    answers: dict[str, tuple[int, dict]] = {}
+
+    def acquire(name: str, path: Path) -> None:
+        answers[name] = d.api("POST", "/v1/acquire", {"path": str(path), "pid": os.getpid()})
+
+    first = threading.Thread(target=acquire, args=("a", a))
+    first.start()
+    d.wait_for(lambda: (s := d.segment(a)) is not None and s["state"] == "filling", what="A's fill")
+    second = threading.Thread(target=acquire, args=("b", b))
+    second.start()
+    d.wait_for(lambda: str(b) in {f["path"] for f in d.status()["fills"]}, what="B's fill to be queued")
+    first.join(60)
+    second.join(60)
+    status, doc = answers["a"]
+    assert status == 200 and Path(doc["segment"]).exists(), (doc, d.status()["segments"])
+    assert d.segment(a)["state"] == "ready" and os.getpid() in d.segment(a)["holders"]
+    # B had no room but A's, leased: it is refused (its load falls back), not served by evicting A
+    assert answers["b"][0] == 507 and answers["b"][1]["error"]["code"] == "over_budget", answers["b"]
+    assert d.status()["stats"]["evictions"] == 0
+
+
 # ---- budget, LRU, holders ---------------------------------------------------------------------------
 
 def _sized(d, name: str, seed: int) -> Path:

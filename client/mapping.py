@@ -12,9 +12,7 @@ from __future__ import annotations
 import fcntl
 import mmap
 import os
-import threading
 import weakref
-from collections import OrderedDict
 from typing import cast
 
 import torch
@@ -25,28 +23,6 @@ from . import pinning
 
 # safetensors dtype name -> this torch's dtype, or None where this torch build lacks it.
 TORCH_DTYPES = {name: getattr(torch, d.torch_name, None) for name, d in DTYPES.items()}
-
-
-# Validated headers by the segment file's identity: a segment is never rewritten in place (a refill is a new
-# file, a new inode), so a header checked once for this inode stays valid; parsing one costs ~5 ms.
-_HEADERS_KEPT = 64
-_headers: OrderedDict[tuple, Header] = OrderedDict()
-_headers_lock = threading.Lock()
-
-
-def _header(fd: int, st: os.stat_result, name: str) -> Header:
-    ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-    with _headers_lock:
-        header = _headers.get(ident)
-        if header is not None:
-            _headers.move_to_end(ident)
-            return header
-    header = read_header(fd, name)
-    with _headers_lock:
-        _headers[ident] = header
-        while len(_headers) > _HEADERS_KEPT:
-            _headers.popitem(last=False)
-    return header
 
 
 class _Mapping(mmap.mmap):
@@ -69,7 +45,7 @@ def map_segment(path: str, expected_size: int, name: str) -> tuple[dict[str, tor
         size = st.st_size
         if size != expected_size:
             raise SourceChanged(f"segment for {name} is {size} bytes, expected {expected_size}")
-        header = _header(fd, st, name)
+        header = read_header(fd, name)
         unsupported = {e.dtype for e in header.tensors if TORCH_DTYPES[e.dtype] is None}
         if unsupported:
             raise TypeError(f"this torch cannot hold dtypes {sorted(unsupported)} of {name}")
@@ -79,10 +55,10 @@ def map_segment(path: str, expected_size: int, name: str) -> tuple[dict[str, tor
         raise
     if mm is None:
         os.close(fd)
-        return {}, header.metadata
+        return {}, dict(header.metadata)
     weakref.finalize(mm, os.close, fd)
     pinning.track(mm, size, name)
-    return _views(mm, header), header.metadata
+    return _views(mm, header), dict(header.metadata)  # a copy: the header is shared (read_header keeps it)
 
 
 def _views(mm: mmap.mmap, header: Header) -> dict[str, torch.Tensor]:

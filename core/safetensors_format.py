@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import os
 import struct
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from .errors import BadHeader
@@ -165,16 +167,38 @@ def _entry(fname: str, key: str, v: object) -> TensorEntry:
     return TensorEntry(key, dtype, tuple(shape), offs[0], offs[1])
 
 
+# Headers both parsers accepted, by their bytes and the file's size, which are all that validation reads:
+# the same bytes in a file of the same size pass again. A refill (the same file copied again after an
+# eviction) and every process mapping its new segment repeat them, and the parse costs ~2 ms per 200
+# tensors of Python in the daemon's fill threads, which share the interpreter with its event loop.
+_VALID_KEPT = 8 << 20  # bytes of headers kept; one over 1 MiB is not kept
+_valid: OrderedDict[tuple[bytes, int], Header] = OrderedDict()
+_valid_bytes = 0
+_valid_lock = threading.Lock()
+
+
 def read_header(fd: int, name: str) -> Header:
     """Read and validate the header of an open file by both parsers (descriptor position is not used)."""
+    global _valid_bytes
     size = os.fstat(fd).st_size
     head = os.pread(fd, 8, 0)
     if len(head) == 8:
         (n,) = struct.unpack("<Q", head)
         if 2 <= n <= MAX_HEADER and 8 + n <= size:
             head += os.pread(fd, n, 8)
+    with _valid_lock:
+        if (header := _valid.get((head, size))) is not None:
+            _valid.move_to_end((head, size))
+            return header
     header = parse_header(head, size, name)
     _reference_check(fd, name)
+    if len(head) <= _VALID_KEPT // 8:
+        with _valid_lock:
+            if (head, size) not in _valid:
+                _valid[head, size] = header
+                _valid_bytes += len(head)
+            while _valid_bytes > _VALID_KEPT:
+                _valid_bytes -= len(_valid.popitem(last=False)[0][0])
     return header
 
 

@@ -141,3 +141,27 @@ def test_header_json_is_never_evaluated(tmp_path):
     # a key that looks like code is just a name
     b = file(json.dumps({"__import__('os')": t()}), bytes(8))
     assert parse_header(b, len(b), "f").tensors[0].name == "__import__('os')"
+
+
+def test_a_header_passed_once_is_known_by_its_bytes_and_the_file_size(tmp_path):
+    """read_header keeps what passed by (header bytes, file size): the same header in a file of another size
+    is validated afresh (and refused where its tensors no longer tile the file), and the metadata a mapping
+    hands out is the caller's own, not the kept header's."""
+    path = make_model(tmp_path / "m.safetensors", metadata={"format": "pt"})
+    with open(path, "rb") as f:
+        first = read_header(f.fileno(), str(path))
+        assert read_header(f.fileno(), str(path)) is first
+    for cut in (1, 8):
+        short = tmp_path / f"short{cut}.safetensors"
+        short.write_bytes(path.read_bytes()[:-cut])
+        with pytest.raises(BadHeader, match="data area"), open(short, "rb") as f:
+            read_header(f.fileno(), str(short))
+    longer = tmp_path / "longer.safetensors"
+    longer.write_bytes(path.read_bytes() + bytes(8))
+    with pytest.raises(BadHeader, match="data area"), open(longer, "rb") as f:
+        read_header(f.fileno(), str(longer))
+
+    _, metadata = map_segment(str(path), path.stat().st_size, "m")
+    metadata["format"] = "changed by the caller"
+    _, again = map_segment(str(path), path.stat().st_size, "m")
+    assert again == {"format": "pt"} and first.metadata == {"format": "pt"}

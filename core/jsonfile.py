@@ -7,6 +7,7 @@ import logging
 import os
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,7 @@ class LatestWriter:
         self._doc: Any = None
         self._given = self._done = 0
         self._started = False
+        self._callbacks: list[tuple[int, Callable[[], None]]] = []  # (document number, what to call then)
 
     def write(self, doc: Any) -> None:
         with self._cond:
@@ -73,6 +75,15 @@ class LatestWriter:
             given = self._given
             return self._cond.wait_for(lambda: self._done >= given, timeout)
 
+    def when_written(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once what was given so far is written: at once, or from the writer's thread (an
+        event loop waits so with no thread of its own blocked in `flush`)."""
+        with self._cond:
+            if self._done < self._given:
+                self._callbacks.append((self._given, callback))
+                return
+        callback()
+
     def _run(self) -> None:
         while True:
             with self._cond:
@@ -85,3 +96,7 @@ class LatestWriter:
             with self._cond:
                 self._done = number
                 self._cond.notify_all()
+                due = [cb for n, cb in self._callbacks if n <= number]
+                self._callbacks = [(n, cb) for n, cb in self._callbacks if n > number]
+            for cb in due:
+                cb()

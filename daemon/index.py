@@ -62,7 +62,21 @@ class Index:
     async def saved(self) -> None:
         """Until what was saved so far is on disk: a fill answers its waiters only once a restarted daemon
         would re-adopt its segment."""
-        await asyncio.to_thread(self._writer.flush)
+        loop = asyncio.get_running_loop()
+        written = loop.create_future()
+
+        def settle() -> None:
+            if not written.done():  # (cancelled: its waiter left)
+                written.set_result(None)
+
+        def wake() -> None:  # from the writer's thread
+            try:
+                loop.call_soon_threadsafe(settle)
+            except RuntimeError:  # the loop closed meanwhile (the daemon's end): nobody waits any more
+                pass
+
+        self._writer.when_written(wake)
+        await written
 
     def flush(self) -> None:
         """Until what was saved so far is on disk (the daemon's stop)."""

@@ -178,6 +178,20 @@ def test_restart_re_adopts_valid_segments_and_removes_the_rest(make_daemon, in_p
     other_home.unlink()
 
 
+def test_an_acquire_is_answered_once_the_index_names_its_segment(daemon):
+    """A fill answers its load only once index.json names the segment: a daemon killed right after the
+    answer is re-adopted by the next one, not refilled."""
+    d = daemon
+    paths = [make_model(d.models / f"m{i}.safetensors", seed=i) for i in range(30)]
+    for p in paths:
+        key = d.acquire(p)["key"]
+        assert key in json.loads((d.home / "index.json").read_text()), p
+    d.kill()
+    d.start()
+    st = d.status()
+    assert sorted(s["path"] for s in st["segments"]) == sorted(map(str, paths)) and st["stats"]["fills"] == 0
+
+
 def test_pinned_models_are_refilled_at_start(make_daemon):
     d = make_daemon()
     a = make_model(d.models / "a.safetensors")

@@ -16,12 +16,8 @@ from __future__ import annotations
 import ctypes
 import mmap
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mmap.restype = ctypes.c_void_p
-_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
-_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
-_MAP_FAILED = ctypes.c_void_p(-1).value
+from . import libc
+
 PAGE = mmap.PAGESIZE
 _LOW_BIT = bytes(i & 1 for i in range(256))  # mincore sets bit 0 of a page's byte; the others are reserved
 MOSTLY = 0.5  # a range with at least this share of its pages cached is cheaper to copy from the cache
@@ -39,16 +35,16 @@ class Residency:
         about (no mapping, no mincore) reads as nothing cached."""
         if size <= 0:
             return cls(b"")
-        addr = _libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
-        if addr in (None, _MAP_FAILED):
+        addr = libc.map_readonly(fd, size)
+        if addr is None:
             return cls(b"")
         try:
             vec = ctypes.create_string_buffer((size + PAGE - 1) // PAGE)
-            if _libc.mincore(addr, size, vec) != 0:
+            if not libc.mincore(addr, size, vec):
                 return cls(b"")
             return cls(vec.raw.translate(_LOW_BIT))
         finally:
-            _libc.munmap(addr, size)
+            libc.unmap(addr, size)
 
     def mostly_cached(self, begin: int, end: int) -> bool:
         first, last = begin // PAGE, (end + PAGE - 1) // PAGE

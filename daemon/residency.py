@@ -15,24 +15,16 @@ reaper (reaper.py) lets go of it, off the event loop, with the segment's fd when
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import logging
-import mmap
 import os
 import resource
 import threading
 
 from ..core.sizes import format_size
+from . import libc
 
 log = logging.getLogger("hearth.residency")
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mmap.restype = ctypes.c_void_p
-_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
-_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-_libc.mlock.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-_MAP_FAILED = ctypes.c_void_p(-1).value
 
 _lock = threading.Lock()
 _locked_bytes = 0
@@ -71,7 +63,7 @@ class MemoryLock:
         global _locked_bytes
         self._settled.wait()
         if self._addr is not None:
-            _libc.munmap(self._addr, self._size)
+            libc.unmap(self._addr, self._size)
             with _lock:
                 _locked_bytes -= self._size
             self._addr = None
@@ -111,16 +103,16 @@ def _map_and_lock(fd: int, size: int) -> tuple[bool, str | None, int | None, int
                                f"already, this segment needs {format_size(size)}: it may be swapped out (raise "
                                "LimitMEMLOCK= in the login unit, or ulimit -l)", None, 0)
             _locked_bytes += size  # promised now, so two threads cannot both take the last of the limit
-        addr = _libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        addr = libc.map_readonly(fd, size)
     finally:
         # Closed before the outcome settles: from then on only the mapping refers to the segment, and a
         # release that waited for the outcome leaves the daemon nothing of it.
         os.close(fd)
-    if addr in (None, _MAP_FAILED):
-        return _refused(size, "mmap", ctypes.get_errno())
-    if _libc.mlock(addr, size) != 0:
-        err = ctypes.get_errno()
-        _libc.munmap(addr, size)
+    if addr is None:
+        return _refused(size, "mmap", libc.last_errno())
+    if not libc.mlock(addr, size):
+        err = libc.last_errno()
+        libc.unmap(addr, size)
         return _refused(size, "mlock", err)
     return True, None, addr, size
 

@@ -12,7 +12,7 @@ import sys
 from ..core import login_units
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("autostart", help="start the daemon at login: on, off, or show whether it does")
     p.add_argument("switch", nargs="?", choices=("on", "off"), help="omit to show the current state")
     p.set_defaults(func=cmd_autostart)

@@ -7,12 +7,16 @@ import json
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from ..core.errors import BadRequest
 from ..core.sizes import format_size
 
+if TYPE_CHECKING:  # imported where used: a command that never talks to the daemon starts faster
+    from ..client.connection import Connection
 
-def _conn():
+
+def _conn() -> Connection:
     from ..client.connection import connect
 
     return connect(timeout=30.0)
@@ -59,7 +63,7 @@ def _reason(path: str, message: str) -> str:
     return f"hearth: {message}" if path in message else f"hearth: {path}: {message}"
 
 
-def _progress(conn, queued: list[dict]) -> int:
+def _progress(conn: Connection, queued: list[dict]) -> int:
     """Wait until every queued file is ready or failed, saying which on stderr; count failures. On a terminal
     one bar shows the bytes filled of them all, named after the file being filled.
 
@@ -128,7 +132,7 @@ def cmd_preload(args: argparse.Namespace) -> int:
     return 1 if answer["refused"] or failed or missing else 0
 
 
-def _workflow_files(conn, workflow: str) -> tuple[list[str], list[str]]:
+def _workflow_files(conn: Connection, workflow: str) -> tuple[list[str], list[str]]:
     """(files to preload, names not found) of what a workflow's loaders name; ambiguities and pickles are
     said on stderr."""
     from ..core.model_files import is_pickle

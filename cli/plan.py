@@ -25,7 +25,7 @@ from ..planner.work import FAMILIES, Work
 _DTYPE_NAMES = {"fp32": "F32", "fp16": "F16", "bf16": "BF16", "fp8": "F8_E4M3"}
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `detect` and `plan` to the `hearth` command's subparsers."""
     p = subparsers.add_parser("detect", help="show this machine's GPUs, RAM, /dev/shm and CPU cores")
     p.add_argument("--json", action="store_true", help="machine-readable output")

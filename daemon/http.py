@@ -15,6 +15,7 @@ import weakref
 from pathlib import Path
 
 from aiohttp import WSCloseCode, web
+from aiohttp.typedefs import Handler
 
 from ..core.errors import BadRequest, HearthError, NotAllowed, NotFound, Unauthorized
 from ..core.request_body import json_object
@@ -39,7 +40,7 @@ def _error(err: HearthError) -> web.Response:
 
 
 @web.middleware
-async def guard(request: web.Request, handler):
+async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     app = request.app
     port = request.transport.get_extra_info("sockname")[1] if request.transport else None
     if request.host not in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"):

@@ -20,8 +20,9 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -33,6 +34,12 @@ from ..core.token import create_token
 from ..core.version import PROTOCOL, __version__
 from .http import make_app
 from .service import Service
+
+if TYPE_CHECKING:  # the tray imports its desktop libraries, which a headless daemon may lack
+    from .tray import Tray
+
+# what runs once the server listens: (service, loop, the stop event, the bound port, the token)
+OnReady = Callable[[Service, asyncio.AbstractEventLoop, asyncio.Event, int, str], None]
 
 log = logging.getLogger("hearth.daemon")
 
@@ -118,7 +125,7 @@ def _alive(pid: Any) -> bool:  # what daemon.json says: an int when well formed
     return True
 
 
-def _make_tray():
+def _make_tray() -> Tray | None:
     """The tray, or None where its modules cannot load (then the daemon runs without one, saying why).
 
     Which icon it shows, if any, is decided once the server listens (tray.py): where no tray exists it says
@@ -133,7 +140,7 @@ def _make_tray():
         return None
 
 
-def _serve_with_tray(tray, home: Path, token: str, port: int, flexible: bool) -> None:
+def _serve_with_tray(tray: Tray, home: Path, token: str, port: int, flexible: bool) -> None:
     """The tray lives on the server's loop: it starts once the server listens and closes after it stops."""
     async def serve() -> None:
         try:
@@ -164,7 +171,8 @@ async def _listen(runner: web.AppRunner, port: int, flexible: bool) -> int:
     return runner.addresses[0][1]
 
 
-async def _serve(home: Path, token: str, port: int, on_ready=None, flexible: bool = False) -> None:
+async def _serve(home: Path, token: str, port: int, on_ready: OnReady | None = None,
+                 flexible: bool = False) -> None:
     # Signals first: once daemon.json is written a client (or a test) may already send SIGTERM, which
     # must stop the daemon cleanly rather than kill it with the default action.
     stop = asyncio.Event()

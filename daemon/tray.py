@@ -17,7 +17,8 @@ import asyncio
 import logging
 import os
 import webbrowser
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
 from ..core.home import ensure_home
 from . import tray_menu
@@ -25,6 +26,8 @@ from .service import Service
 from .tray_menu import Entry
 
 if TYPE_CHECKING:  # both import their desktop libraries, which a headless daemon may lack
+    from PIL import Image
+
     from .tray_sni import SniTray
     from .tray_xembed import XembedTray
 
@@ -33,7 +36,7 @@ log = logging.getLogger("hearth.tray")
 SETTLE_S = 0.5  # a burst of cache events (a preload of many files) rebuilds the menu once
 
 
-def icon_image():
+def icon_image() -> Image.Image:
     """A small ember: drawn here so the pack ships no binary icon for the tray."""
     from PIL import Image, ImageDraw
 
@@ -66,7 +69,7 @@ class Tray:
         self.url = f"{self.panel}#token={token}"
         self._spawn(self._start())
 
-    def _spawn(self, coro) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -94,7 +97,7 @@ class Tray:
             reasons.append("no session bus")
         else:
             sni, why = await self._start_sni(address)
-            if sni is not None and why is None:
+            if why is None:  # shown
                 self._backend = sni
                 log.info("tray: icon shown by the desktop's tray (StatusNotifierItem on the session bus)")
                 return None
@@ -103,7 +106,7 @@ class Tray:
         if display:
             from .tray_xembed import XembedTray, tray_manager
 
-            present, why = await asyncio.to_thread(tray_manager, display)
+            present, said = await asyncio.to_thread(tray_manager, display)
             if present:
                 if sni is not None:  # one icon only, should a host join that watcher later
                     await sni.close()
@@ -112,13 +115,13 @@ class Tray:
                 try:
                     await xembed.start()
                 except Exception as e:  # noqa: BLE001 - no icon is never a reason for no daemon
-                    why = f"pystray could not show the XEmbed icon ({type(e).__name__}: {e})"
+                    said = f"pystray could not show the XEmbed icon ({type(e).__name__}: {e})"
                 else:
                     self._backend = xembed
                     log.info("tray: icon docked in the %s (that tray draws no menu: a left click opens the "
-                             "panel)", why)
+                             "panel)", said)
                     return None
-            reasons.append(why)
+            reasons.append(said)
         if not (display or os.environ.get("WAYLAND_DISPLAY")) and sni is None:
             return (f"no desktop session (no DISPLAY, WAYLAND_DISPLAY or session bus): running headless; "
                     f"the panel is at {self.panel}")
@@ -129,7 +132,7 @@ class Tray:
         return (f"no system tray: {'; '.join(reasons)}{hint}: running without a tray icon{later}; "
                 f"the panel is at {self.panel}")
 
-    async def _start_sni(self, address: str):
+    async def _start_sni(self, address: str) -> tuple[SniTray | None, str | None]:
         """(the item, None) when a host shows it; (the item, why) when it waits for one; (None, why)."""
         try:
             from .tray_sni import SniTray

@@ -22,8 +22,13 @@ import logging
 import os
 import threading
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from .tray_menu import Entry
+
+if TYPE_CHECKING:  # pystray and python-xlib are imported when a tray starts
+    from PIL import Image
+    from Xlib.display import Display
 
 log = logging.getLogger("hearth.tray")
 
@@ -33,7 +38,7 @@ DOCK_TRIES = 15      # then one warning: the tray keeps ignoring us
 SYSTEM_TRAY_REQUEST_DOCK = 0  # the system tray protocol's opcode
 
 
-def _selection_owner(d):
+def _selection_owner(d: Display) -> Any:
     """The window that owns the system-tray selection of display `d`'s default screen (X.NONE: no tray)."""
     return d.get_selection_owner(d.intern_atom(f"_NET_SYSTEM_TRAY_S{d.get_default_screen()}"))
 
@@ -83,7 +88,7 @@ def dock(display: str, window_id: int) -> bool:
 class XembedTray:
     """pystray's icon on its own thread; its clicks are handed to the daemon's loop by `activate`."""
 
-    def __init__(self, image, name: Callable[[], str], build: Callable[[], Awaitable[tuple[Entry, ...]]],
+    def __init__(self, image: Image.Image, name: Callable[[], str], build: Callable[[], Awaitable[tuple[Entry, ...]]],
                  activate: Callable[[Entry], None]):
         self._image, self._name, self._build, self._activate = image, name, build, activate
         self._entries: tuple[Entry, ...] = ()  # the last menu built on the loop; pystray's thread reads it
@@ -116,7 +121,7 @@ class XembedTray:
         log.warning("tray: the XEmbed system tray on %s has not embedded the icon after %.0f s of asking",
                     display, DOCK_TRIES * DOCK_CHECK_S)
 
-    def _items(self):
+    def _items(self) -> list:
         return self._convert(self._entries)
 
     def _convert(self, entries: tuple[Entry, ...]) -> list:
@@ -132,7 +137,7 @@ class XembedTray:
                                 checked=None if e.checked is None else (lambda _item, c=e.checked: c)))
         return out
 
-    def _action(self, entry: Entry):
+    def _action(self, entry: Entry) -> Callable[[object, object], None]:
         return lambda _icon, _item: self._activate(entry)  # two arguments: pystray passes them as is
 
     async def changed(self) -> None:

@@ -171,7 +171,8 @@ def _entry(fname: str, key: str, v: object) -> TensorEntry:
 # the same bytes in a file of the same size pass again. A refill (the same file copied again after an
 # eviction) and every process mapping its new segment repeat them, and the parse costs ~2 ms per 200
 # tensors of Python in the daemon's fill threads, which share the interpreter with its event loop.
-_VALID_KEPT = 8 << 20  # bytes of headers kept; one over 1 MiB is not kept
+_VALID_KEPT = 8 << 20  # bytes of headers kept in all
+_VALID_ONE = 1 << 20  # a header over this is not kept
 _valid: OrderedDict[tuple[bytes, int], Header] = OrderedDict()
 _valid_bytes = 0
 _valid_lock = threading.Lock()
@@ -192,7 +193,7 @@ def read_header(fd: int, name: str) -> Header:
             return header
     header = parse_header(head, size, name)
     _reference_check(fd, name)
-    if len(head) <= _VALID_KEPT // 8:
+    if len(head) <= _VALID_ONE:
         with _valid_lock:
             if (head, size) not in _valid:
                 _valid[head, size] = header

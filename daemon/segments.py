@@ -342,10 +342,9 @@ def fill(source: SourceId, progress: Callable[[int], None] = lambda n: None,
     `turn` runs in each copy thread before each range (fills.py: priorities and aborts); `inline` copies
     a file of one range (a LoRA, an embedding) in this thread, with no copy thread to hand it to (under
     load each hand-over waits for a CPU), for a fill whose `turn` leaves this thread as it found it.
-    Raises ShmFull
-    when the tmpfs cannot hold it, SourceChanged when the file changed under the fill, SourceUnreadable
-    when reading it fails, BadHeader when the bytes are not a valid safetensors file, and what `turn`
-    raises. No final name is ever left half-filled.
+    Raises ShmFull when the tmpfs cannot hold it, SourceChanged when the file changed under the fill,
+    SourceUnreadable when reading it fails, BadHeader when the bytes are not a valid safetensors file, and
+    what `turn` raises. No final name is ever left half-filled.
     """
     key = source.key
     _not_theirs(key, source)

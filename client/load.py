@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from ..core.errors import DaemonUnavailable, HearthError
 from ..core.model_files import is_pickle
 from . import lifecycle
-from .acquire import acquire, release
+from .acquire import PROBE_S, acquire, release
 from .connection import Connection, connect
 
 if TYPE_CHECKING:
@@ -32,6 +32,10 @@ log = logging.getLogger("hearth.client")
 _said: set[str] = set()
 _roots: set[str] = set()
 _roots_sent_to: object = None
+# Lease releases still on their way (threads): the next acquire of this process waits for them, so that a
+# model it has just dropped is evictable when the next one needs its room (ComfyUI switching models).
+_releasing: list[threading.Thread] = []
+_releasing_lock = threading.Lock()
 
 
 @dataclass
@@ -76,6 +80,7 @@ def _from_daemon(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str], di
     from .mapping import map_segment
 
     conn = _connect()
+    _releases_sent()
     for attempt in (0, 1):
         answer = acquire(conn, path)
         try:
@@ -88,11 +93,29 @@ def _from_daemon(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str], di
             # The lease covered the gap until our flock (or until the mapping failed); from now on the flock
             # says "held", for exactly as long as the tensors live. Left in place, the lease would keep a
             # model this process has dropped, or never mapped, unevictable for LEASE_GRACE_S (ComfyUI
-            # switching models within the budget). Sent from a thread: the load need not wait for it.
-            threading.Thread(target=release, args=(conn, answer["key"], path), name="hearth-release",
-                             daemon=True).start()
+            # switching models within the budget). Sent from a thread: this load need not wait for it, the
+            # process's next one does (_releases_sent).
+            _release_soon(conn, answer["key"], path)
         return tensors, metadata, answer
     raise AssertionError("unreachable")
+
+
+def _release_soon(conn: Connection, key: str, path: str) -> None:
+    t = threading.Thread(target=release, args=(conn, key, path), name="hearth-release", daemon=True)
+    with _releasing_lock:
+        _releasing[:] = [r for r in _releasing if r.is_alive()]
+        _releasing.append(t)
+    t.start()
+
+
+def _releases_sent() -> None:
+    """Until this process's releases sent so far are answered (at most PROBE_S: a daemon that does not
+    answer them does not answer the acquire either, which then waits as acquire.py says)."""
+    with _releasing_lock:
+        pending = list(_releasing)
+    deadline = time.monotonic() + PROBE_S
+    for t in pending:
+        t.join(max(0.0, deadline - time.monotonic()))
 
 
 def _plain(path: str, device: str | int | torch.device = "cpu") -> dict[str, torch.Tensor]:

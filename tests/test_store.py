@@ -375,6 +375,12 @@ def test_one_process_switching_models_within_budget(in_process, monkeypatch):
     rb = _load(b)
     assert rb.cached, rb.reason
     assert [s["path"] for s in d.status()["segments"]] == [str(b)]
+    # back and forth at once: each load's lease release (sent from a thread) reaches the daemon before the
+    # next load asks for the room
+    for i in range(20):
+        del rb
+        rb = _load(a if i % 2 == 0 else b)
+        assert rb.cached, (i, rb.reason)
 
 
 def test_killed_client_lease_and_hold_are_dropped(daemon):
